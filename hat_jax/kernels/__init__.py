@@ -1,0 +1,7 @@
+"""Attention kernels: masks as data, a plain-jnp reference, and implementations selected by name."""
+
+from hat_jax.kernels.masks import MaskSpec, dense_mask
+from hat_jax.kernels.ops import ATTENTION_IMPLS, attention
+from hat_jax.kernels.reference import reference_attention
+
+__all__ = ["ATTENTION_IMPLS", "MaskSpec", "attention", "dense_mask", "reference_attention"]

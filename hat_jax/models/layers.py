@@ -1,0 +1,262 @@
+"""Shared transformer layers (flax.linen): RMSNorm, RoPE, GQA attention with an explicit KV cache,
+SwiGLU MLP, pre-norm blocks and a block stack.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) and key activations carry
+`nn.with_logical_constraint`; both are no-ops until `hat_jax.sharding` puts rules in context.
+
+KV caches are explicit pytrees (`KVCache`) passed in and returned, never hidden module state: a
+decode step is `out, cache = block.apply(params, x, ..., cache=cache)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hat_jax.kernels import MaskSpec, attention
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+  """Shape of one transformer stack (encoder, backbone, decoder, ...)."""
+
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  window: int | None = None  # sliding-window self-attention; None = full causal
+  rope_theta: float = 10_000.0
+  qk_norm: bool = False
+  norm_eps: float = 1e-6
+
+  def __post_init__(self):
+    for name in ("d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads}).")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}.")
+
+  @classmethod
+  def from_config(cls, cfg) -> "StackConfig":
+    """Build from an ml_collections ConfigDict (or any mapping) with the same field names."""
+    cfg = dict(cfg)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - names)
+    if unknown:
+      raise ValueError(f"Unknown transformer-stack config fields {unknown}; valid fields: {sorted(names)}.")
+    return cls(**cfg)
+
+
+def dense_init(scale: float = 1.0):
+  return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (normed * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding. x: [batch, len, heads, head_dim]; positions: [batch, len] (any ints)."""
+  head_dim = x.shape[-1]
+  freqs = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)  # [head_dim/2]
+  angles = positions.astype(jnp.float32)[..., None] * freqs  # [batch, len, head_dim/2]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class KVCache(NamedTuple):
+  """Preallocated per-layer cache. Slots beyond `length` are empty (segment id 0 never matches a query).
+
+  k, v: [batch, max_len, kv_heads, head_dim]; positions, segment_ids: [batch, max_len];
+  length: [batch] number of filled slots (examples may advance at different rates).
+  """
+
+  k: jax.Array
+  v: jax.Array
+  positions: jax.Array
+  segment_ids: jax.Array
+  length: jax.Array
+
+  @classmethod
+  def empty(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> "KVCache":
+    return cls(
+        k=jnp.zeros((batch, max_len, kv_heads, head_dim), dtype),
+        v=jnp.zeros((batch, max_len, kv_heads, head_dim), dtype),
+        positions=jnp.zeros((batch, max_len), jnp.int32),
+        segment_ids=jnp.zeros((batch, max_len), jnp.int32),
+        length=jnp.zeros((batch,), jnp.int32),
+    )
+
+  def append(self, k: jax.Array, v: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> "KVCache":
+    """Write t new entries per example at its own `length`. Entries with segment id 0 are stored but
+    do not advance `length`, so valid entries must come first within each example's t new ones."""
+    def write(buf, new, start):
+      return jax.lax.dynamic_update_slice_in_dim(buf, new, start, axis=0)
+
+    start = self.length
+    upd = jax.vmap(write)
+    num_valid = jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)
+    return KVCache(
+        k=upd(self.k, k.astype(self.k.dtype), start),
+        v=upd(self.v, v.astype(self.v.dtype), start),
+        positions=upd(self.positions, positions.astype(jnp.int32), start),
+        segment_ids=upd(self.segment_ids, segment_ids.astype(jnp.int32), start),
+        length=self.length + num_valid,
+    )
+
+
+class Attention(nn.Module):
+  """Grouped-query attention. Self-attention when `x_kv` is None; RoPE on query/key positions."""
+
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mask: MaskSpec = MaskSpec()
+  rope_theta: float | None = 10_000.0  # None disables RoPE (e.g. pooling queries)
+  qk_norm: bool = False
+  attention_impl: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  out_features: int | None = None
+
+  @nn.compact
+  def __call__(
+      self,
+      x: jax.Array,  # [batch, q_len, d_model]
+      *,
+      positions: jax.Array,  # [batch, q_len]
+      segment_ids: jax.Array,  # [batch, q_len]
+      x_kv: jax.Array | None = None,  # [batch, kv_len, d_kv] for cross-attention
+      kv_positions: jax.Array | None = None,
+      kv_segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+  ) -> tuple[jax.Array, KVCache | None]:
+    source = x if x_kv is None else x_kv
+    q = nn.DenseGeneral((self.num_heads, self.head_dim), use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="q_proj",
+                        kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "heads", "head_dim")))(x)
+    k = nn.DenseGeneral((self.num_kv_heads, self.head_dim), use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="k_proj",
+                        kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "kv_heads", "head_dim")))(source)
+    v = nn.DenseGeneral((self.num_kv_heads, self.head_dim), use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="v_proj",
+                        kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "kv_heads", "head_dim")))(source)
+    if self.qk_norm:
+      q = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="q_norm")(q)
+      k = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="k_norm")(k)
+    if x_kv is None:
+      kv_positions, kv_segment_ids = positions, segment_ids
+    elif kv_positions is None or kv_segment_ids is None:
+      raise ValueError("cross-attention needs kv_positions and kv_segment_ids.")
+    if self.rope_theta is not None:
+      q = apply_rope(q, positions, self.rope_theta)
+      k = apply_rope(k, kv_positions, self.rope_theta)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+
+    if cache is not None:
+      cache = cache.append(k, v, kv_positions, kv_segment_ids)
+      k, v, kv_positions, kv_segment_ids = cache.k, cache.v, cache.positions, cache.segment_ids
+
+    out = attention(q, k, v, self.mask, impl=self.attention_impl,
+                    q_positions=positions, kv_positions=kv_positions,
+                    q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)
+    out = nn.DenseGeneral(
+        self.out_features or x.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
+        param_dtype=self.param_dtype, name="o_proj",
+        kernel_init=nn.with_logical_partitioning(dense_init(), ("heads", "head_dim", "embed")))(out)
+    return out, cache
+
+
+class SwiGLU(nn.Module):
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    def dense(features, axes, name):
+      return nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+                      kernel_init=nn.with_logical_partitioning(dense_init(), axes))
+
+    gate = dense(self.mlp_dim, ("embed", "mlp"), "gate")(x)
+    up = dense(self.mlp_dim, ("embed", "mlp"), "up")(x)
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return dense(x.shape[-1], ("mlp", "embed"), "down")(hidden)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+  cfg: StackConfig
+  mask: MaskSpec
+  attention_impl: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, positions, segment_ids, cache: KVCache | None = None):
+    cfg = self.cfg
+    attn_out, cache = Attention(
+        cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, mask=self.mask, rope_theta=cfg.rope_theta,
+        qk_norm=cfg.qk_norm, attention_impl=self.attention_impl, dtype=self.dtype,
+        param_dtype=self.param_dtype, name="attn")(
+            RMSNorm(cfg.norm_eps, self.dtype, self.param_dtype, name="attn_norm")(x),
+            positions=positions, segment_ids=segment_ids, cache=cache)
+    x = x + attn_out
+    x = x + SwiGLU(cfg.mlp_dim, self.dtype, self.param_dtype, name="mlp")(
+        RMSNorm(cfg.norm_eps, self.dtype, self.param_dtype, name="mlp_norm")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+
+
+def stack_mask(cfg: StackConfig, causal: bool = True, chunk: int | None = None) -> MaskSpec:
+  return MaskSpec(causal=causal, window=cfg.window, chunk=chunk)
+
+
+class Stack(nn.Module):
+  """`num_layers` blocks sharing one mask. No final norm: callers add one where the paper has it."""
+
+  cfg: StackConfig
+  mask: MaskSpec
+  attention_impl: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, positions, segment_ids, caches: tuple[KVCache, ...] | None = None):
+    new_caches = []
+    for i in range(self.cfg.num_layers):
+      x, c = Block(self.cfg, self.mask, self.attention_impl, self.dtype, self.param_dtype, name=f"layer_{i}")(
+          x, positions=positions, segment_ids=segment_ids, cache=None if caches is None else caches[i])
+      new_caches.append(c)
+    return x, (None if caches is None else tuple(new_caches))
+
+  def empty_caches(self, batch: int, max_len: int, dtype=jnp.float32) -> tuple[KVCache, ...]:
+    return tuple(KVCache.empty(batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim, dtype)
+                 for _ in range(self.cfg.num_layers))
+
+
+def embed_init():
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed"))
