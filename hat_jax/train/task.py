@@ -1,0 +1,67 @@
+"""The interface between a model family and the generic trainer (`hat_jax.train.trainer`).
+
+A task owns everything model-specific: how to build the module from `config.model`, where batches
+come from, and how a batch turns into a loss. The trainer owns the rest (optimizer, jit, checkpoints,
+metrics, eval loop, resume). Tasks are registered by name (`config.task`) in `hat_jax.train.registry`.
+
+Contract:
+  * `loss(params, batch, rng)` is pure and jit-able; it returns a scalar loss and a dict of scalar
+    metrics (e.g. "bits_per_byte"). Metrics named in `sum_metrics` are summed (not averaged) over
+    eval batches, e.g. counts that later normalise other sums.
+  * `train_iterator(seed, process_index, process_count)` returns a *checkpointable* iterator: an
+    object with `__next__`, `get_state() -> dict` and `set_state(dict)` (grain's DatasetIterator
+    satisfies this). Batches are dicts of numpy arrays with a leading per-process batch dimension.
+  * `eval_batches()` yields a fixed, finite list of batches (same every call).
+  * `units_per_batch(batch)` counts the throughput unit (`unit`, e.g. "bytes") in a batch.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import jax
+import ml_collections
+
+Batch = dict[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+class CheckpointableIterator(Protocol):
+  def __next__(self) -> Batch: ...
+  def get_state(self) -> dict: ...
+  def set_state(self, state: dict) -> None: ...
+
+
+class Task(abc.ABC):
+  """Base class for a trainable model family."""
+
+  unit: str = "tokens"  # what throughput is counted in
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  @abc.abstractmethod
+  def init_params(self, rng: jax.Array) -> Any:
+    """Fresh parameters (a pytree; may contain flax LogicallyPartitioned boxes)."""
+
+  @abc.abstractmethod
+  def loss(self, params: Any, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Scalar training loss and scalar metrics for one batch."""
+
+  @abc.abstractmethod
+  def train_iterator(self, seed: int, process_index: int = 0, process_count: int = 1) -> CheckpointableIterator:
+    """Infinite, deterministic, checkpointable iterator over this process's slice of training batches."""
+
+  @abc.abstractmethod
+  def eval_batches(self) -> Iterable[Batch]:
+    """A fixed finite sequence of validation batches."""
+
+  def units_per_batch(self, batch: Batch) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(batch)) and next(iter(batch.values())).size)
+
+  sum_metrics: tuple[str, ...] = ()
+
+  def eval_iterator(self) -> Iterator[Batch]:
+    return iter(self.eval_batches())
