@@ -59,7 +59,14 @@ class Task(abc.ABC):
     """A fixed finite sequence of validation batches."""
 
   def units_per_batch(self, batch: Batch) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(batch)) and next(iter(batch.values())).size)
+    """Number of `unit`s (e.g. predicted bytes) in a batch, for throughput."""
+    if "loss_mask" in batch:
+      return int(batch["loss_mask"].sum())
+    raise NotImplementedError(f"{type(self).__name__} must define units_per_batch (its batches have no loss_mask).")
+
+  def sample(self, params: Any, rng: jax.Array) -> str:
+    """Optional: generate from trained params using `config.sample`; returns text for the CLI to print."""
+    raise NotImplementedError(f"task {self.config.task!r} has no sampler.")
 
   sum_metrics: tuple[str, ...] = ()
 
