@@ -42,9 +42,32 @@ class MaskSpec:
     if self.window is not None and not self.causal:
       raise ValueError("MaskSpec.window needs causal=True (a sliding window looks backwards only).")
 
+  @property
+  def is_local(self) -> bool:
+    """True when, with arange positions, each query sees a bounded span of keys (window or chunk)."""
+    return self.window is not None or self.chunk is not None
+
 
 def default_positions(batch: int, length: int) -> jnp.ndarray:
   return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (batch, length))
+
+
+def element_mask(spec: MaskSpec, qp, kp, qs=None, ks=None):
+  """The mask rules on broadcastable arrays (query axis before key axis); True = may attend.
+
+  Shared by the dense oracle ([b, q, 1] x [b, 1, k]) and the kernels' tiles ([bq, 1] x [1, bk]) so that
+  every implementation evaluates exactly the same predicate.
+  """
+  mask = jnp.ones(jnp.broadcast_shapes(qp.shape, kp.shape), dtype=bool)
+  if spec.causal:
+    mask &= kp <= qp
+  if spec.window is not None:
+    mask &= (qp - kp) < spec.window
+  if spec.chunk is not None:
+    mask &= (qp // spec.chunk) == (kp // spec.chunk)
+  if qs is not None:
+    mask &= qs == ks
+  return mask
 
 
 def dense_mask(
@@ -55,17 +78,8 @@ def dense_mask(
     kv_segment_ids: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
   """Boolean mask [batch, q_len, kv_len]; True = may attend."""
-  qp = q_positions[:, :, None]
-  kp = kv_positions[:, None, :]
-  mask = jnp.ones(jnp.broadcast_shapes(qp.shape, kp.shape), dtype=bool)
-  if spec.causal:
-    mask &= kp <= qp
-  if spec.window is not None:
-    mask &= (qp - kp) < spec.window
-  if spec.chunk is not None:
-    mask &= (qp // spec.chunk) == (kp // spec.chunk)
-  if q_segment_ids is not None or kv_segment_ids is not None:
-    if q_segment_ids is None or kv_segment_ids is None:
-      raise ValueError("Pass both q_segment_ids and kv_segment_ids, or neither.")
-    mask &= q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-  return mask
+  if (q_segment_ids is None) != (kv_segment_ids is None):
+    raise ValueError("Pass both q_segment_ids and kv_segment_ids, or neither.")
+  qs = None if q_segment_ids is None else q_segment_ids[:, :, None]
+  ks = None if kv_segment_ids is None else kv_segment_ids[:, None, :]
+  return element_mask(spec, q_positions[:, :, None], kv_positions[:, None, :], qs, ks)
