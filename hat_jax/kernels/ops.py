@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import jax
 
+from hat_jax.kernels.block_attention import block_attention
+from hat_jax.kernels.blocked_xla import blocked_attention, blocked_supported
 from hat_jax.kernels.masks import MaskSpec
 from hat_jax.kernels.reference import reference_attention
 
-# "xla": plain jnp lowered by XLA (dense masked attention); "pallas": the Pallas block-sparse kernel for
-# the current backend (TPU Mosaic or GPU), interpret mode on CPU.
+# "xla": plain jnp lowered by XLA: blocked (linear in length) for window/chunk masks with default
+# positions, dense masked attention otherwise. "pallas": the Pallas block-sparse flash kernel for the
+# current backend (TPU Mosaic or GPU), interpret mode on CPU.
 ATTENTION_IMPLS = ("xla", "pallas")
 
 
@@ -24,11 +27,16 @@ def attention(
     q_segment_ids: jax.Array | None = None,
     kv_segment_ids: jax.Array | None = None,
 ) -> jax.Array:
-  """Masked multi-head (GQA) attention; see `hat_jax.kernels.masks` for the mask semantics."""
+  """Masked multi-head (GQA) attention; see `hat_jax.kernels.masks` for the mask semantics.
+
+  Pass positions=None when they are arange: only then can the "xla" path use blocks and the Pallas
+  kernel bound its grid statically (explicit arrays stay correct but cost like a dense mask).
+  """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}.")
+  segments = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
   if impl == "pallas":
-    raise NotImplementedError("attention_impl='pallas' is not available yet; use 'xla'.")
-  return reference_attention(
-      q, k, v, spec, q_positions=q_positions, kv_positions=kv_positions,
-      q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
+    return block_attention(q, k, v, spec, q_positions=q_positions, kv_positions=kv_positions, **segments)
+  if blocked_supported(spec, q, k, q_positions, kv_positions):
+    return blocked_attention(q, k, v, spec, **segments)
+  return reference_attention(q, k, v, spec, q_positions=q_positions, kv_positions=kv_positions, **segments)
