@@ -1,0 +1,117 @@
+"""Metric sinks: stdout (tqdm progress bar + summary lines), TensorBoard events, `metrics.jsonl`.
+
+Only process 0 writes; other processes get a writer whose methods do nothing, so call sites need no
+`if process_index == 0`. `metrics.jsonl` has one JSON object per write: {"step", "split", ...values},
+so tests and scaling scripts read numbers from files, not from logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def _fmt(value: float) -> str:
+  if not math.isfinite(value):
+    return str(value)
+  if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+    return f"{value:.3e}"
+  return f"{value:.4f}"
+
+
+class MetricWriter:
+  """Writes scalar metrics to stdout, TensorBoard (tensorboardX) and `<workdir>/metrics.jsonl`."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True, total_steps: int = 0, initial_step: int = 0,
+               progress: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._jsonl = None
+    self._bar = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:  # TensorBoard is optional; jsonl + stdout still work.
+      self._tb = None
+    if progress and total_steps:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, file=sys.stderr,
+                       mininterval=1.0, disable=not sys.stderr.isatty())
+
+  def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    values = {k: float(np.asarray(v)) for k, v in values.items()}
+    record = {"step": int(step), "split": split, "time": time.time(), **values}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(f"{split}/{k}", v, step)
+      self._tb.flush()
+    line = f"[{split}] step {step}: " + " ".join(f"{k}={_fmt(v)}" for k, v in sorted(values.items()))
+    self.print(line)
+
+  def print(self, line: str) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.write(line)
+    else:
+      print(line, flush=True)
+
+  def advance(self, steps: int = 1, postfix: Mapping[str, float] | None = None) -> None:
+    if self._bar is None:
+      return
+    self._bar.update(steps)
+    if postfix:
+      self._bar.set_postfix({k: _fmt(float(v)) for k, v in postfix.items()}, refresh=False)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+    if self._tb is not None:
+      self._tb.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+    self._bar = self._tb = self._jsonl = None
+
+
+def read_jsonl(workdir: str, split: str | None = None) -> list[dict]:
+  """Records from `<workdir>/metrics.jsonl` (optionally one split), for tests and analysis scripts."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if split is None or r["split"] == split]
+
+
+class MeanAccumulator:
+  """Host-side running means (averaged metrics) and sums (`sum_names`) of scalar dicts."""
+
+  def __init__(self, sum_names=()):
+    self.sum_names = set(sum_names)
+    self.reset()
+
+  def reset(self) -> None:
+    self.totals: dict[str, float] = {}
+    self.count = 0
+
+  def add(self, values: Mapping[str, float]) -> None:
+    for k, v in values.items():
+      self.totals[k] = self.totals.get(k, 0.0) + float(v)
+    self.count += 1
+
+  def result(self) -> dict[str, float]:
+    return {k: (v if k in self.sum_names else v / max(self.count, 1)) for k, v in self.totals.items()}

@@ -1,0 +1,385 @@
+"""The generic trainer: any registered `Task` (see `hat_jax.train.task`) trains, evaluates and samples here.
+
+A run is a function of (config, seed): params come from `fold_in(key(seed), 0)`, the per-step
+training rng is `fold_in(fold_in(key(seed), 1), step)`, and the data order is the task iterator's
+(seeded, checkpointed). Resuming from `<workdir>/checkpoints` therefore continues bit-identically.
+
+Loop shape (nanodo / MaxText): step t is dispatched before the host blocks on step t-1's metrics,
+so the device always has queued work while the host checks for NaN, logs and reads the next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
+
+from hat_jax import sharding
+from hat_jax.train import checkpoint as ckpt_lib
+from hat_jax.train import metrics as metrics_lib
+from hat_jax.train import optim, registry
+from hat_jax.train.task import Task
+
+State = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": optax state}
+
+# Key streams split off the run's seed (fixed, so checkpoints and reruns agree).
+_PARAMS_STREAM, _TRAIN_STREAM, _EVAL_STREAM, _SAMPLE_STREAM = 0, 1, 2, 3
+
+
+class Preempted(Exception):
+  """Raised by `train` after a SIGTERM (preemption) was caught and a checkpoint was written."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f"Preempted: checkpoint saved at step {step} in {directory}; rerun the same command "
+                     f"(same --workdir) to resume.")
+    self.step = step
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything derived from a config: task, mesh, optimizer, abstract state and its shardings."""
+
+  config: Any
+  task: Task
+  mesh: jax.sharding.Mesh
+  rules: sharding.Rules
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  abstract_state: State  # unboxed ShapeDtypeStructs
+  state_shardings: State
+  init_fn: Callable[[jax.Array], State]  # jitted, returns sharded state
+  num_params: int
+
+  constrain_activations: bool = True  # False: rules only, no mesh in context (see _probe_mesh_context)
+
+  def use_mesh(self):
+    if self.constrain_activations:
+      return sharding.use_mesh(self.mesh, self.rules)
+    return nn.logical_axis_rules(self.rules)
+
+  def rng(self, stream: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(int(self.config.seed)), stream)
+
+  def abstract_target(self) -> State:
+    """Abstract state with this mesh's shardings: the restore target (reshards as needed)."""
+    return ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
+
+
+def build(config, devices=None) -> Run:
+  """Resolve the task, mesh, rules and optimizer, and derive sharded state creation. No arrays yet.
+
+  `devices` restricts the mesh to a subset (default: all devices), e.g. for tests or side jobs.
+  """
+  for block in ("train", "mesh"):
+    if block not in config:
+      raise ValueError(f"config has no '{block}' block; build configs with configs/common.py "
+                       f"(common.base_config(...)).")
+  task = registry.make_task(config)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = sharding.logical_rules(config.get("logical_axis_rules", ()))
+  tx = optim.make_optimizer(config.train)
+  schedule = optim.learning_rate_schedule(config.train)
+  dtype = optim.param_dtype(config.train)
+
+  def init_boxed(rng):
+    params = optim.cast_params(task.init_params(rng), dtype)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  params_rng = jax.random.fold_in(jax.random.key(int(config.seed)), _PARAMS_STREAM)
+  # Init runs under the logical rules but *without* a mesh in context: flax's DenseGeneral reshapes a
+  # boxed multi-dim kernel through a rank-2 constraint that fails under a mesh (flax 0.12). Placement
+  # comes from `out_shardings`, so nothing is lost.
+  with nn.logical_axis_rules(rules):
+    abstract_boxed = jax.eval_shape(init_boxed, params_rng)
+  shardings = sharding.state_shardings(abstract_boxed, mesh, rules)
+  abstract = nn.unbox(abstract_boxed)
+  unannotated = sharding.unannotated_params(abstract_boxed["params"])
+  if unannotated:
+    logging.warning("Params without logical axis names (replicated on every device): %s", unannotated)
+  num_params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract["params"]))
+  jitted_init = jax.jit(lambda rng: nn.unbox(init_boxed(rng)), out_shardings=shardings)
+
+  def init_fn(rng):
+    with nn.logical_axis_rules(rules):
+      return jitted_init(rng)
+  run = Run(config, task, mesh, rules, tx, schedule, abstract, shardings, init_fn, num_params)
+  _probe_mesh_context(run)
+  return run
+
+
+# flax 0.12's DenseGeneral initialises a multi-dim kernel at a flattened rank-2 shape and unboxes it
+# through the kernel's (rank-3) logical constraint; under a mesh this fails at trace time, in apply
+# too (flax re-traces the initialiser to check shapes). Until the model code avoids that pattern, such
+# models run with logical rules but no mesh in context: param and batch shardings still hold (jit
+# in/out shardings) and XLA propagates the rest, but activation constraints are skipped.
+_FLAX_DENSE_GENERAL_BUG = "is only valid for values of rank at least"
+
+
+def _probe_mesh_context(run: Run) -> None:
+  batches = run.task.eval_batches()
+  batch = next(iter(batches), None)
+  if batch is None:
+    return
+  abstract_batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                                          batch)
+  try:
+    with sharding.use_mesh(run.mesh, run.rules):
+      jax.eval_shape(lambda p, b: run.task.loss(p, b, run.rng(_EVAL_STREAM)), run.abstract_state["params"],
+                     abstract_batch)
+  except ValueError as e:
+    if _FLAX_DENSE_GENERAL_BUG not in str(e):
+      raise
+    run.constrain_activations = False
+    logging.warning(
+        "The model cannot be traced with a mesh in context (flax DenseGeneral with a multi-dim, logically "
+        "partitioned kernel: %s). Training without activation sharding constraints; params and batches are "
+        "still sharded. Fix: build such kernels with self.param(..., full shape) + einsum.", e)
+
+
+def _global_norm(tree) -> jax.Array:
+  # optax.tree.norm replaces the deprecated optax.global_norm (older optax lacks it).
+  tree_lib = getattr(optax, "tree", None)
+  return tree_lib.norm(tree) if hasattr(tree_lib, "norm") else optax.global_norm(tree)
+
+
+def _make_train_step(run: Run, batch_shardings):
+  task, tx, seed = run.task, run.tx, int(run.config.seed)
+
+  def train_step(state: State, batch) -> tuple[State, dict]:
+    step = state["step"]
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM), step)
+    (loss, task_metrics), grads = jax.value_and_grad(
+        lambda p: task.loss(p, batch, rng), has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {**task_metrics, "loss": loss, "grad_norm": _global_norm(grads),
+               "param_norm": _global_norm(params), "learning_rate": run.schedule(step)}
+    return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+
+  replicated = NamedSharding(run.mesh, PartitionSpec())
+  return jax.jit(train_step, in_shardings=(run.state_shardings, batch_shardings),
+                 out_shardings=(run.state_shardings, replicated), donate_argnums=0)
+
+
+def _make_eval_step(run: Run):
+  task, seed = run.task, int(run.config.seed)
+
+  def eval_step(params, batch):
+    rng = jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM)
+    loss, task_metrics = task.loss(params, batch, rng)
+    return {**task_metrics, "loss": loss}
+
+  # Inputs arrive already placed (params from the state, batches via `global_batch_from_full`).
+  return jax.jit(eval_step)
+
+
+def _run_eval(run: Run, eval_step, params) -> dict[str, float]:
+  acc = metrics_lib.MeanAccumulator(run.task.sum_metrics)
+  for batch in run.task.eval_iterator():
+    out = eval_step(params, sharding.global_batch_from_full(batch, run.mesh, run.rules))
+    acc.add(jax.device_get(out))
+  return acc.result() if acc.count else {}
+
+
+class _PreemptionWatch:
+  """SIGTERM -> save and stop. Multi-process runs use jax's preemption sync point (installed by
+  `jax.distributed.initialize`), so every process stops at the same step and saves together."""
+
+  def __init__(self):
+    self.flag = threading.Event()
+    self._previous = None
+    self._multi = jax.process_count() > 1
+
+  def __enter__(self):
+    if not self._multi and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.flag.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self, step: int) -> bool:
+    if self._multi:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.flag.is_set()
+
+
+def _check_train_config(config, run: Run) -> None:
+  t = config.train
+  for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+    if int(t[name]) < 1:
+      raise ValueError(f"config.train.{name} must be >= 1, got {t[name]}.")
+  shards, procs = sharding.batch_shards(run.mesh, run.rules), jax.process_count()
+  if int(t.batch_size) % shards or int(t.batch_size) % procs:
+    raise ValueError(
+        f"config.train.batch_size={t.batch_size} must be divisible by the {shards} batch shards "
+        f"(mesh {dict(run.mesh.shape)}, 'batch' rule) and by the {procs} processes.")
+
+
+def train(config, workdir: str, *, stop_at_step: int | None = None, devices=None) -> dict[str, float]:
+  """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the final metrics
+  (`train/<name>` from the last log window, `eval/<name>` from the final eval, and `step`).
+
+  `stop_at_step` ends this invocation early (after checkpointing) without changing the run, e.g.
+  for time-sliced jobs; rerunning continues to `config.train.steps`. `devices`: see `build`.
+  Raises `Preempted` after SIGTERM (checkpoint written) and FloatingPointError on a NaN/Inf loss.
+  """
+  run = build(config, devices)
+  _check_train_config(config, run)
+  total = int(config.train.steps)
+  end = total if stop_at_step is None else min(total, int(stop_at_step))
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  logging.info("process %d/%d, %d local / %d global devices, mesh %s, %s params", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(), dict(run.mesh.shape),
+               f"{run.num_params:,}")
+
+  iterator = run.task.train_iterator(int(config.seed), jax.process_index(), jax.process_count())
+  with ckpt_lib.Checkpointer(ckpt_dir, keep=int(config.train.keep_checkpoints)) as ckpt:
+    if ckpt.latest_step() is not None:
+      step, state, data_state = ckpt.restore(run.abstract_target())
+      step = int(step)
+      if data_state is not None:
+        iterator.set_state(data_state)
+      logging.info("Resumed from %s at step %d.", ckpt_dir, step)
+    else:
+      state, step = run.init_fn(run.rng(_PARAMS_STREAM)), 0
+    writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0, total_steps=total,
+                                      initial_step=step)
+    try:
+      writer.print(f"{type(run.task).__name__}: {run.num_params:,} params, mesh {dict(run.mesh.shape)}, "
+                   f"steps {step}->{end} of {total}")
+      with run.use_mesh():
+        return _loop(run, state, step, end, iterator, ckpt, writer)
+    finally:
+      writer.close()
+
+
+def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.Checkpointer,
+          writer: metrics_lib.MetricWriter) -> dict[str, float]:
+  config, t, task = run.config, run.config.train, run.task
+  total = int(t.steps)
+  log_every, eval_every, ckpt_every = int(t.log_every), int(t.eval_every), int(t.checkpoint_every)
+  eval_step = _make_eval_step(run)
+  train_step = None
+  window = metrics_lib.MeanAccumulator()
+  counts: dict[str, float] = {}
+  clock = {"start": None, "steps": 0}  # throughput window; starts after the first (compiling) step
+  last_ckpt = ckpt.latest_step()
+  result: dict[str, float] = {}
+
+  def process(pending) -> None:
+    """Pull one step's metrics (blocking on that step only), check them, log at window ends."""
+    nonlocal result
+    s, device_metrics, batch_counts = pending
+    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    bad = {k: v for k, v in values.items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
+    if bad:
+      where = (f"the last good checkpoint is step {last_ckpt} in {ckpt.directory}" if last_ckpt is not None
+               else "no checkpoint was written yet")
+      raise FloatingPointError(
+          f"Non-finite {bad} at step {s} (loss on the params after {s} updates); training stopped and "
+          f"{where}. Lower config.train.learning_rate, raise warmup_steps, or inspect the batch at step {s}.")
+    window.add(values)
+    now = time.perf_counter()
+    if clock["start"] is None:
+      clock["start"] = now
+    else:
+      clock["steps"] += 1
+      for k, v in batch_counts.items():
+        counts[k] = counts.get(k, 0.0) + v
+    writer.advance(1, {"loss": values["loss"]})
+    if (s + 1) % log_every == 0 or s + 1 == total:
+      logged = {k: v for k, v in window.result().items()}
+      elapsed = now - clock["start"]
+      if clock["steps"] and elapsed > 0:
+        logged["steps_per_sec"] = clock["steps"] / elapsed
+        logged.update({f"{k}_per_sec": v / elapsed for k, v in counts.items()})
+      writer.write(s + 1, "train", logged)
+      result = {f"train/{k}": v for k, v in logged.items()}
+      window.reset()
+      counts.clear()
+      clock["start"], clock["steps"] = now, 0
+
+  pending = None
+  with _PreemptionWatch() as watch:
+    while step < end:
+      batch = next(iterator)
+      batch_counts = {k: float(v) * jax.process_count() for k, v in task.throughput_counts(batch).items()}
+      global_batch = sharding.global_batch_from_local(batch, run.mesh, run.rules)
+      if train_step is None:
+        train_step = _make_train_step(run, jax.tree_util.tree_map(lambda x: x.sharding, global_batch))
+      state, device_metrics = train_step(state, global_batch)
+      if pending is not None:
+        process(pending)
+      pending, step = (step, device_metrics, batch_counts), step + 1
+      preempted = watch.reached(step)
+      save = step % ckpt_every == 0 or step == end or preempted
+      do_eval = step % eval_every == 0 or step == total
+      if save or do_eval or step % log_every == 0:
+        process(pending)  # a checkpoint is only written once the update that made it is known finite
+        pending = None
+      if save and step != last_ckpt:
+        ckpt.save(step, state, iterator.get_state(), config)
+        last_ckpt = step
+      if do_eval:
+        eval_metrics = _run_eval(run, eval_step, state["params"])
+        if eval_metrics:
+          writer.write(step, "eval", eval_metrics)
+          result.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+      if preempted:
+        ckpt.wait()
+        raise Preempted(step, ckpt.directory)
+    if pending is not None:
+      process(pending)
+  ckpt.wait()
+  result["step"] = float(step)
+  return result
+
+
+def restore_params(config, workdir: str, devices=None) -> tuple[Run, Any, int]:
+  """Build the run and restore the latest checkpoint's params (sharded onto this mesh)."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  with ckpt_lib.Checkpointer(ckpt_dir, keep=None) as ckpt:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(
+          f"No checkpoint found in {ckpt_dir}. Train first (--mode=train or --mode=train_and_sample with "
+          f"the same --workdir and config).")
+    run = build(config, devices)
+    with run.use_mesh():
+      step, state, _ = ckpt.restore(run.abstract_target(), with_data=False)
+  return run, state["params"], int(step)
+
+
+def evaluate(config, workdir: str, devices=None) -> dict[str, float]:
+  """Evaluate the latest checkpoint in `workdir` on `task.eval_batches()`; logs split "eval"."""
+  run, params, step = restore_params(config, workdir, devices)
+  with run.use_mesh():
+    metrics = _run_eval(run, _make_eval_step(run), params)
+  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0, progress=False)
+  try:
+    writer.write(step, "eval", metrics)
+  finally:
+    writer.close()
+  return {**{f"eval/{k}": v for k, v in metrics.items()}, "step": float(step)}
+
+
+def sample(config, workdir: str, devices=None) -> str:
+  """Restore the latest checkpoint and return `task.sample(params, rng)`."""
+  run, params, _ = restore_params(config, workdir, devices)
+  with run.use_mesh():
+    return run.task.sample(params, run.rng(_SAMPLE_STREAM))
