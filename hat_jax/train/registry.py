@@ -24,8 +24,19 @@ def task_names() -> list[str]:
 
 
 def get_task_class(name: str) -> type[Task]:
+  """A registered name, or "package.module:ClassName" for a task defined outside this registry."""
+  if ":" in name:
+    module_name, attr = name.split(":", 1)
+    try:
+      found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+      raise ValueError(f"config.task {name!r}: cannot import {attr!r} from {module_name!r} ({e}).") from e
+    if not (isinstance(found, type) and issubclass(found, Task)):
+      raise ValueError(f"config.task {name!r} is not a Task subclass.")
+    return found
   if name not in _TASKS:
-    raise ValueError(f"Unknown config.task {name!r}; known tasks: {task_names()}.")
+    raise ValueError(f"Unknown config.task {name!r}; known tasks: {task_names()} "
+                     f"(or give 'package.module:TaskClass').")
   module_name, attr = _TASKS[name]
   found = getattr(importlib.import_module(module_name), attr)
   return found[name] if attr == "TASKS" else found

@@ -64,6 +64,11 @@ class Task(abc.ABC):
       return int(batch["loss_mask"].sum())
     raise NotImplementedError(f"{type(self).__name__} must define units_per_batch (its batches have no loss_mask).")
 
+  def throughput_counts(self, batch: Batch) -> dict[str, float]:
+    """Per-batch counts the trainer reports per second (as `<name>_per_sec`); override to add more,
+    e.g. {"bytes": ..., "words": ...} for HAT. Counted on this process's batch."""
+    return {self.unit: self.units_per_batch(batch)}
+
   def sample(self, params: Any, rng: jax.Array) -> str:
     """Optional: generate from trained params using `config.sample`; returns text for the CLI to print."""
     raise NotImplementedError(f"task {self.config.task!r} has no sampler.")
