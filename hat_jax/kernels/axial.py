@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from hat_jax.kernels.block_attention import gpu_compiler_params
 from hat_jax.kernels.masks import MaskSpec
 
 AXIAL_IMPLS = ("xla", "pallas", "reference")
@@ -124,12 +125,14 @@ def _axial_call(kernel, q, k, axis, n_out_q, n_out_kv, interpret):
   groups = h // hk
   q_spec, kv_spec = _line_specs(q.shape, axis, groups, False), _line_specs(k.shape, axis, groups, True)
   other = h_size if axis == 2 else w_size
-  outs = ([jax.ShapeDtypeStruct(q.shape, q.dtype)] * n_out_q + [jax.ShapeDtypeStruct(k.shape, k.dtype)] * n_out_kv)
+  outs = ([jax.ShapeDtypeStruct(q.shape, q.dtype)] * n_out_q
+          + [jax.ShapeDtypeStruct(k.shape, k.dtype)] * n_out_kv)
   n_in_q = 1 if n_out_kv == 0 else 2  # fwd: q, k, v;  bwd: q, k, v, do
   in_specs = [q_spec, kv_spec, kv_spec] + [q_spec] * (n_in_q - 1)
   return pl.pallas_call(
       functools.partial(kernel, groups=groups), grid=(b, other, hk), in_specs=in_specs,
-      out_specs=[q_spec] * n_out_q + [kv_spec] * n_out_kv, out_shape=outs, interpret=interpret)
+      out_specs=[q_spec] * n_out_q + [kv_spec] * n_out_kv, out_shape=outs,
+      compiler_params=gpu_compiler_params(), interpret=interpret)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -164,6 +167,17 @@ def axial_pallas(x_q, k, v, axis: int, causal: bool = False, interpret: bool | N
 # ------------------------------------------------------------------------------------- entry point
 
 
+def _in_place_ok(x_q, k, axis) -> bool:
+  """Whether the in-place kernel applies: CPU interpret always; GPU (Triton) needs power-of-two tiles."""
+  platform = jax.default_backend()
+  if platform == "cpu":
+    return True
+  if platform != "gpu":
+    return False  # TPU: see the module docstring
+  pow2 = lambda n: n & (n - 1) == 0  # noqa: E731
+  return all(pow2(n) for n in (x_q.shape[axis], x_q.shape[3] // k.shape[3], x_q.shape[4]))
+
+
 def axial_attention(x_q: jax.Array, k: jax.Array, v: jax.Array, axis: int, causal: bool = False,
                     impl: str = "xla") -> jax.Array:
   """Attention along `axis` (1 = H, 2 = W) of [batch, H, W, heads, d]; returns x_q's shape and dtype."""
@@ -174,7 +188,7 @@ def axial_attention(x_q: jax.Array, k: jax.Array, v: jax.Array, axis: int, causa
     raise ValueError(f"axial impl must be one of {AXIAL_IMPLS}, got {impl!r}.")
   if impl == "reference":
     return axial_reference(x_q, k, v, axis, causal)
-  if impl == "pallas" and jax.default_backend() != "tpu":
+  if impl == "pallas" and _in_place_ok(x_q, k, axis):
     return axial_pallas(x_q, k, v, axis, causal)
   qa, ka, va = (jnp.moveaxis(x, axis, 2) for x in (x_q, k, v))
   b, o, length = qa.shape[:3]

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas import triton as pltriton
 
 from hat_jax.kernels import tiling
 from hat_jax.kernels.masks import MaskSpec, element_mask
@@ -277,7 +278,13 @@ def _gpu_call(kernel, cfg, grid, tables, in_specs, out_specs, out_shape):
   table_specs = [pl.BlockSpec(t.shape, lambda *_: (0,)) for t in tables]
   return pl.pallas_call(
       kernel, grid=grid, in_specs=table_specs + in_specs, out_specs=out_specs, out_shape=out_shape,
-      interpret=cfg.interpret_arg())
+      compiler_params=gpu_compiler_params(), interpret=cfg.interpret_arg())
+
+
+def gpu_compiler_params():
+  # Since jax 0.9 a bare pallas_call on GPU lowers through Mosaic GPU; these kernels are written for the
+  # Triton lowering (one program per tile, in-kernel loops), which the Triton CompilerParams select.
+  return pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
 # ------------------------------------------------------------------------------------ forward / VJP
@@ -385,9 +392,13 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def default_block_sizes(q_len: int, kv_len: int, backend: str) -> tuple[int, int]:
-  """128x128 tiles (MXU / tensor-core friendly), shrunk for short sequences (multiple of 8)."""
-  del backend
-  return min(128, tiling.round_up(q_len, 8)), min(128, tiling.round_up(kv_len, 8))
+  """128x128 tiles (MXU / tensor-core friendly), shrunk for short sequences.
+
+  TPU: a multiple of 8 (sublanes). GPU: a power of two >= 16 (Triton tiles and tensor-core dots).
+  """
+  if backend == "tpu":
+    return min(128, tiling.round_up(q_len, 8)), min(128, tiling.round_up(kv_len, 8))
+  return min(128, max(16, pl.next_power_of_2(q_len))), min(128, max(16, pl.next_power_of_2(kv_len)))
 
 
 def block_attention(
@@ -460,10 +471,15 @@ def block_attention(
     span_q, span_k = tk_pad // bk, tq_pad // bq
   cfg = _Cfg(spec=spec, scale=float(d**-0.5 if scale is None else scale), block_q=bq, block_k=bk,
              span_q=span_q, span_k=span_k, backend=backend, interpret=bool(interpret))
-  # [b, T, h, d] -> [b, h, T_pad, d]: tiles of one head are then contiguous (Mosaic needs the last two
-  # block dims to be (sublane, lane)-aligned, which a strided head slice is not).
-  to_kernel = lambda x, n: tiling.pad_axis(x, n, 1).transpose(0, 2, 1, 3)  # noqa: E731
+  # Triton needs power-of-two tile dims: zero-pad head_dim (zeros change neither q.k nor the output).
+  d_pad = pl.next_power_of_2(d) if backend == "gpu" else d
+
+  def to_kernel(x, n):
+    # [b, T, h, d] -> [b, h, T_pad, d_pad]: tiles of one head are then contiguous (Mosaic needs the last
+    # two block dims to be (sublane, lane)-aligned, which a strided head slice is not).
+    return tiling.pad_axis(tiling.pad_axis(x, n, 1), d_pad, 3).transpose(0, 2, 1, 3)
+
   ints = (qp[:, :, None], qs[:, :, None], kp[:, None, :], ks[:, None, :],
           q_lo.reshape(-1), q_hi.reshape(-1), k_lo.reshape(-1), k_hi.reshape(-1))
   out = _flash(cfg, to_kernel(q, tq_pad), to_kernel(k, tk_pad), to_kernel(v, tk_pad), ints)
-  return out.transpose(0, 2, 1, 3)[:, :tq]
+  return out.transpose(0, 2, 1, 3)[:, :tq, :, :d]

@@ -97,7 +97,7 @@ def _case(name):
 ])
 def test_pallas_gpu_interpret_matches_reference(name):
   spec, (b, tq, tk, h, hk, dtype), kw = _case(name)
-  q, k, v, do = _qkv(b, tq, tk, h, hk, 8, dtype)
+  q, k, v, do = _qkv(b, tq, tk, h, hk, 12, dtype)  # head_dim 12: exercises the power-of-two padding
   fn = functools.partial(block_attention, backend="gpu", interpret=True, block_q=8, block_k=8)
   _check_vs_reference(fn, q, k, v, do, spec, dtype, **kw)
 
