@@ -34,6 +34,9 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a termin
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # orbax logs several INFO lines per checkpoint; keep the console to progress, metrics and warnings.
+    logging.set_verbosity(logging.WARNING)
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   # Import after distributed init: the trainer touches devices at import-free call time only, but
   # keeping jax work after initialize() is the rule jax.distributed requires.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+from absl import logging
 import jax.numpy as jnp
 import optax
 
@@ -13,10 +14,16 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
   """Warmup from 0 to `learning_rate` over `warmup_steps`, then cosine to `lr_end_fraction * lr` at `steps`."""
   lr = float(train_config.learning_rate)
   steps, warmup = int(train_config.steps), int(train_config.warmup_steps)
-  if warmup < 0 or warmup > steps:
-    raise ValueError(f"config.train.warmup_steps must be in [0, steps={steps}], got {warmup}.")
+  if warmup < 0:
+    raise ValueError(f"config.train.warmup_steps must be >= 0, got {warmup}.")
+  if warmup > steps:
+    # Common after `--config.train.steps=<small>` on a config tuned for a longer run: warm up over the
+    # whole (short) run rather than refuse to start.
+    logging.warning("config.train.warmup_steps=%d > steps=%d; warming up over all %d steps.", warmup, steps, steps)
+    warmup = steps
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(steps, 1),
+      # decay_steps counts the warmup too; optax needs a non-empty cosine part.
+      init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
       end_value=lr * float(train_config.lr_end_fraction))
 
 
