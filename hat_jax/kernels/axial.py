@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from hat_jax.kernels.block_attention import gpu_compiler_params
+from hat_jax.kernels.block_attention import dot_f32, gpu_compiler_params
 from hat_jax.kernels.masks import MaskSpec
 
 AXIAL_IMPLS = ("xla", "pallas", "reference")
@@ -65,14 +65,9 @@ def axial_reference(x_q: jax.Array, k: jax.Array, v: jax.Array, axis: int, causa
 # ------------------------------------------------------------------------------ in-place Pallas kernel
 
 
-def _dot(a, b, contract_a=1, contract_b=0):
-  return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
-                         preferred_element_type=jnp.float32)
-
-
 def _probs(q, k, causal, scale):
   """q, k [L, d] -> softmax probabilities [L, L] in float32 (every row has >= 1 live key)."""
-  s = _dot(q, k, 1, 1) * scale
+  s = dot_f32(q, k, 1, 1) * scale
   if causal:
     rows = lax.broadcasted_iota(jnp.int32, s.shape, 0)
     cols = lax.broadcasted_iota(jnp.int32, s.shape, 1)
@@ -86,7 +81,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, *, causal, scale, groups):
   k, v = k_ref[...], v_ref[...]
   for g in range(groups):
     p = _probs(q_ref[:, g, :], k, causal, scale)
-    o_ref[:, g, :] = _dot(p.astype(v.dtype), v).astype(o_ref.dtype)
+    o_ref[:, g, :] = dot_f32(p.astype(v.dtype), v).astype(o_ref.dtype)
 
 
 def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, dq_ref, dk_ref, dv_ref, *, causal, scale, groups):
@@ -96,11 +91,11 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, dq_ref, dk_ref, dv_ref, *, causal, 
   for g in range(groups):
     q, do = q_ref[:, g, :], do_ref[:, g, :]
     p = _probs(q, k, causal, scale)
-    dp = _dot(do, v, 1, 1)
+    dp = dot_f32(do, v, 1, 1)
     ds = p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))  # softmax VJP; rowsum(p*dp) = rowsum(o*do)
-    dq_ref[:, g, :] = (_dot(ds.astype(k.dtype), k) * scale).astype(dq_ref.dtype)
-    dk += _dot(ds.astype(q.dtype), q, 0, 0) * scale
-    dv += _dot(p.astype(do.dtype), do, 0, 0)
+    dq_ref[:, g, :] = (dot_f32(ds.astype(k.dtype), k) * scale).astype(dq_ref.dtype)
+    dk += dot_f32(ds.astype(q.dtype).T, q) * scale
+    dv += dot_f32(p.astype(do.dtype).T, do)
   dk_ref[...] = dk.astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 

@@ -56,14 +56,16 @@ class _Cfg:
 # ----------------------------------------------------------------------------------------- tile algebra
 
 
-def _dot(a, b, contract_a=1, contract_b=0):
+def dot_f32(a, b, contract_a=1, contract_b=0):
+  # Only (1, 0) and the "trans_b" form (1, 1) are used: both Mosaic and Triton lower them directly;
+  # transposed-lhs products transpose explicitly (p.T) like the upstream flash kernels.
   return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
                          preferred_element_type=jnp.float32)
 
 
 def _scores(cfg, q, k, qp, qs, kp, ks):
   """q [bq, d], k [bk, d], qp/qs [bq, 1], kp/ks [1, bk] -> f32 logits [bq, bk] and mask [bq, bk]."""
-  s = _dot(q, k, 1, 1) * cfg.scale
+  s = dot_f32(q, k, 1, 1) * cfg.scale
   return s, element_mask(cfg.spec, qp, kp, qs, ks)
 
 
@@ -77,7 +79,7 @@ def _fwd_update(cfg, carry, q, k, v, qp, qs, kp, ks):
   p = jnp.where(mask, jnp.exp(s - m_new), 0.0)
   alpha = jnp.exp(m - m_new)
   l = alpha * l + jnp.sum(p, axis=-1, keepdims=True)
-  acc = alpha * acc + _dot(p.astype(v.dtype), v)
+  acc = alpha * acc + dot_f32(p.astype(v.dtype), v)
   return m_new, l, acc
 
 
@@ -93,7 +95,7 @@ def _bwd_tile(cfg, q, k, v, do, lse, delta, qp, qs, kp, ks):
   """-> probabilities p and dlogits ds (scale not applied), both f32 [bq, bk]."""
   s, mask = _scores(cfg, q, k, qp, qs, kp, ks)
   p = jnp.where(mask, jnp.exp(s - lse), 0.0)
-  dp = _dot(do, v, 1, 1)
+  dp = dot_f32(do, v, 1, 1)
   return p, p * (dp - delta)
 
 
@@ -146,7 +148,7 @@ def _dq_kernel_tpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref,
     k = k_ref[...]
     _, ds = _bwd_tile(cfg, q_ref[...], k, v_ref[...], do_ref[...], lse_ref[...], dl_ref[...],
                       qp_ref[...], qs_ref[...], kp_ref[...], ks_ref[...])
-    dq_sc[...] += _dot(ds.astype(k.dtype), k) * cfg.scale
+    dq_sc[...] += dot_f32(ds.astype(k.dtype), k) * cfg.scale
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _():
@@ -169,8 +171,8 @@ def _dkv_kernel_tpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref
     q, do = q_ref[...], do_ref[...]
     p, ds = _bwd_tile(cfg, q, k_ref[...], v_ref[...], do, lse_ref[...], dl_ref[...],
                       qp_ref[...], qs_ref[...], kp_ref[...], ks_ref[...])
-    dv_sc[...] += _dot(p.astype(do.dtype), do, 0, 0)
-    dk_sc[...] += _dot(ds.astype(q.dtype), q, 0, 0) * cfg.scale
+    dv_sc[...] += dot_f32(p.astype(do.dtype).T, do)
+    dk_sc[...] += dot_f32(ds.astype(q.dtype).T, q) * cfg.scale
 
   @pl.when((g == pl.num_programs(3) - 1) & (j == pl.num_programs(4) - 1))
   def _():
@@ -245,7 +247,7 @@ def _dq_kernel_gpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref,
     sl = pl.ds(pl.multiple_of(t * bk, bk), bk)
     k = k_ref[sl, :]
     _, ds = _bwd_tile(cfg, q, k, v_ref[sl, :], do, lse, dl, qp, qs, kp_ref[:, sl], ks_ref[:, sl])
-    return dq + _dot(ds.astype(k.dtype), k) * cfg.scale
+    return dq + dot_f32(ds.astype(k.dtype), k) * cfg.scale
 
   dq = lax.fori_loop(lo_ref[b * nq + i], hi_ref[b * nq + i], body, jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = dq.astype(dq_ref.dtype)
@@ -266,8 +268,8 @@ def _dkv_kernel_gpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref
       q, do = q_ref[g, sl, :], do_ref[g, sl, :]
       p, ds = _bwd_tile(cfg, q, k, v, do, lse_ref[g, sl, :], dl_ref[g, sl, :],
                         qp_ref[sl, :], qs_ref[sl, :], kp, ks)
-      return (dk + _dot(ds.astype(q.dtype), q, 0, 0) * cfg.scale,
-              dv + _dot(p.astype(do.dtype), do, 0, 0))
+      return (dk + dot_f32(ds.astype(q.dtype).T, q) * cfg.scale,
+              dv + dot_f32(p.astype(do.dtype).T, do))
     carry = lax.fori_loop(lo, hi, body, carry)
   dk_ref[...] = carry[0].astype(dk_ref.dtype)
   dv_ref[...] = carry[1].astype(dv_ref.dtype)
