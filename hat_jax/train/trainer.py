@@ -278,7 +278,9 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
   train_step = None
   window = metrics_lib.MeanAccumulator()
   counts: dict[str, float] = {}
-  clock = {"start": None, "steps": 0}  # throughput window; starts after the first (compiling) step
+  # Throughput window: starts after the first (compiling) step; time spent saving and evaluating is
+  # "paused" and excluded, so units/s measure training alone (big_vision's Chrono does the same).
+  clock = {"start": None, "steps": 0, "paused": 0.0}
   last_ckpt = ckpt.latest_step()
   result: dict[str, float] = {}
 
@@ -297,7 +299,7 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
     window.add(values)
     now = time.perf_counter()
     if clock["start"] is None:
-      clock["start"] = now
+      clock["start"], clock["paused"] = now, 0.0
     else:
       clock["steps"] += 1
       for k, v in batch_counts.items():
@@ -305,7 +307,7 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
     writer.advance(1, {"loss": values["loss"]})
     if (s + 1) % log_every == 0 or s + 1 == total:
       logged = {k: v for k, v in window.result().items()}
-      elapsed = now - clock["start"]
+      elapsed = now - clock["start"] - clock["paused"]
       if clock["steps"] and elapsed > 0:
         logged["steps_per_sec"] = clock["steps"] / elapsed
         logged.update({f"{k}_per_sec": v / elapsed for k, v in counts.items()})
@@ -313,7 +315,7 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
       result = {f"train/{k}": v for k, v in logged.items()}
       window.reset()
       counts.clear()
-      clock["start"], clock["steps"] = now, 0
+      clock["start"], clock["steps"], clock["paused"] = now, 0, 0.0
 
   pending = None
   with _PreemptionWatch() as watch:
@@ -333,6 +335,7 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
       if save or do_eval or step % log_every == 0:
         process(pending)  # a checkpoint is only written once the update that made it is known finite
         pending = None
+      pause_start = time.perf_counter()  # after process(): the step itself is done
       if save and step != last_ckpt:
         ckpt.save(step, state, iterator.get_state(), config)
         last_ckpt = step
@@ -341,6 +344,8 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
         if eval_metrics:
           writer.write(step, "eval", eval_metrics)
           result.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+      if save or do_eval:
+        clock["paused"] += time.perf_counter() - pause_start
       if preempted:
         ckpt.wait()
         raise Preempted(step, ckpt.directory)
