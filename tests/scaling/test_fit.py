@@ -217,3 +217,12 @@ def test_report_rejects_bad_records(tmp_path):
   bad.write_text("not json\n")
   with pytest.raises(ValueError, match="not valid JSON"):
     report.load_results(bad)
+
+
+def test_screened_starts_find_the_same_optimum_as_the_full_grid():
+  # top_k only skips L-BFGS runs from poor starting points; it must not change the answer.
+  N, L = power_law_data(noise=0.01, seed=7, n=10)
+  screened = fit_power_law(N, L, top_k=4)
+  full = fit_power_law(N, L, top_k=None)
+  assert screened.objective == pytest.approx(full.objective, rel=1e-6)
+  assert screened.alpha == pytest.approx(full.alpha, rel=1e-4)
