@@ -1,0 +1,371 @@
+"""Block Transformer (Ho et al. 2024, arXiv:2406.02657) over bytes, plus the vanilla baseline.
+
+Read top to bottom like the paper's Figure 1:
+
+  tokens [B, S] (S = N blocks * L_B, block-aligned, see `hat_jax.train.block_tasks.block_align`)
+    -> LookupConcatEmbedder     each block of L_B bytes -> one [D] vector (L_B lookups of D/L_B, concat)
+    -> block decoder (Stack)    causal over the N block embeddings -> context embeddings [B, N, D]
+    -> TokenDecoder             block j+1 is decoded from the context of block j only; blocks are
+                                reshaped into the batch ([B*(N-1), ...]) so it attends only within its
+                                block, never over a long masked sequence.
+  Conditioning of the token decoder (`decoding`):
+    "prefix"           context -> `prefix_len` vectors prepended to the block's tokens (paper default, 2)
+    "summation"        context -> L_B vectors added to the (shifted) token embeddings (MEGABYTE-style)
+    "cross_attention"  context -> L_B vectors cross-attended by every token-decoder layer
+
+Tokens are bytes: `vocab_size` = 256 output classes. Input embedding tables have one extra row,
+`pad_id = vocab_size`, used for block padding (random first-block padding, end-of-document padding,
+left padding of prompts) and as the start token of the summation / cross-attention decoders; the pad
+id is never a prediction target.
+
+Block j's L_B tokens are predicted from the context of blocks 0..j-1, so block 0 of a row is never a
+target (the paper's training rule); `BlockTransformer.__call__` returns logits for blocks 1..N-1.
+
+`VanillaLM` is the token-level baseline of the same family (same RMSNorm / RoPE / SwiGLU / GQA layers).
+
+Both models expose step methods with explicit KV caches for `hat_jax.generate.block_engine`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hat_jax.kernels import MaskSpec
+from hat_jax.models.layers import (
+    Attention, KVCache, RMSNorm, Stack, StackConfig, SwiGLU, dense_init, embed_init, stack_mask)
+
+DECODINGS = ("prefix", "summation", "cross_attention")
+
+
+def _logical(init, axes):
+  return nn.with_logical_partitioning(init, axes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockTransformerConfig:
+  """Shapes of a Block Transformer. D_emb = block_decoder.d_model / block_len (lookup + concat)."""
+
+  block_decoder: StackConfig
+  token_decoder: StackConfig
+  block_len: int = 4  # L_B
+  prefix_len: int = 2  # prefix vectors per context embedding ("prefix" decoding)
+  decoding: str = "prefix"
+  vocab_size: int = 256  # bytes
+  attention_impl: str = "xla"
+
+  def __post_init__(self):
+    if not isinstance(self.block_len, int) or self.block_len < 1:
+      raise ValueError(f"block_len (L_B) must be a positive int, got {self.block_len!r}.")
+    if self.decoding not in DECODINGS:
+      raise ValueError(f"decoding must be one of {DECODINGS}, got {self.decoding!r}.")
+    if self.decoding == "prefix" and (not isinstance(self.prefix_len, int) or self.prefix_len < 1):
+      raise ValueError(f"prefix_len must be a positive int for prefix decoding, got {self.prefix_len!r}.")
+    if self.block_decoder.d_model % self.block_len:
+      raise ValueError(
+          f"block_decoder.d_model ({self.block_decoder.d_model}) must be divisible by block_len "
+          f"({self.block_len}): the lookup+concat embedder uses D_emb = d_model / block_len per byte.")
+    if self.block_decoder.window is not None or self.token_decoder.window is not None:
+      raise ValueError("Block Transformer decoders use full causal attention; set window=None.")
+    if self.vocab_size < 2:
+      raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size!r}.")
+
+  @property
+  def pad_id(self) -> int:
+    return self.vocab_size
+
+  @property
+  def token_context(self) -> int:
+    """Token-decoder sequence length per block (also its KV-cache size): prefix + L_B - 1, or L_B."""
+    return self.prefix_len + self.block_len - 1 if self.decoding == "prefix" else self.block_len
+
+  @property
+  def first_step_len(self) -> int:
+    """Token-decoder positions fed before the first byte of a block can be read off."""
+    return self.prefix_len if self.decoding == "prefix" else 1
+
+  @classmethod
+  def from_config(cls, cfg) -> "BlockTransformerConfig":
+    return _from_mapping(cls, cfg, ("block_decoder", "token_decoder"), "Block Transformer")
+
+
+@dataclasses.dataclass(frozen=True)
+class VanillaConfig:
+  decoder: StackConfig
+  vocab_size: int = 256
+  attention_impl: str = "xla"
+
+  def __post_init__(self):
+    if self.vocab_size < 2:
+      raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size!r}.")
+
+  @property
+  def pad_id(self) -> int:
+    return self.vocab_size
+
+  @classmethod
+  def from_config(cls, cfg) -> "VanillaConfig":
+    return _from_mapping(cls, cfg, ("decoder",), "vanilla LM")
+
+
+def _from_mapping(cls, cfg, stacks: tuple[str, ...], label: str):
+  """Build config dataclass `cls` from a ConfigDict / mapping whose `stacks` entries are StackConfigs."""
+  cfg = dict(cfg)
+  for name in stacks:
+    if name not in cfg:
+      raise ValueError(f"{label} config needs a `{name}` section.")
+    cfg[name] = StackConfig.from_config(cfg[name])
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(cfg) - names)
+  if unknown:
+    raise ValueError(f"Unknown {label} config fields {unknown}; valid fields: {sorted(names)}.")
+  return cls(**cfg)
+
+
+def _check_tokens(tokens: jax.Array, block_len: int) -> None:
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [batch, seq_len], got shape {tokens.shape}.")
+  if tokens.shape[1] % block_len:
+    raise ValueError(
+        f"seq_len ({tokens.shape[1]}) must be a multiple of block_len ({block_len}); lay rows out "
+        "with hat_jax.train.block_tasks.block_align or left-pad prompts with pad_id.")
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Embedder: lookup + concat
+# --------------------------------------------------------------------------------------------------
+
+
+class LookupConcatEmbedder(nn.Module):
+  """[B, N, L_B] byte ids -> [B, N, D]: each byte looks up D/L_B dims, the L_B lookups are concatenated."""
+
+  vocab_size: int  # including pad
+  d_model: int
+  block_len: int
+
+  @nn.compact
+  def __call__(self, blocks: jax.Array) -> jax.Array:
+    table = self.param("embedding", embed_init(), (self.vocab_size, self.d_model // self.block_len))
+    emb = jnp.take(table, blocks, axis=0)  # [B, N, L_B, D/L_B]
+    return emb.reshape(*blocks.shape[:-1], self.d_model)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Token decoder (2., the block decoder, is a plain `Stack` + final norm inside BlockTransformer)
+# --------------------------------------------------------------------------------------------------
+
+
+class CrossAttentionLayer(nn.Module):
+  """Pre-norm decoder layer: causal self-attention, cross-attention to context vectors, SwiGLU."""
+
+  cfg: StackConfig
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, *, positions, segment_ids, context, cache: KVCache | None = None):
+    cfg = self.cfg
+    attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                qk_norm=cfg.qk_norm, attention_impl=self.attention_impl)
+    h, cache = Attention(mask=MaskSpec(causal=True), rope_theta=cfg.rope_theta, name="attn", **attn)(
+        RMSNorm(cfg.norm_eps, name="attn_norm")(x), positions=positions, segment_ids=segment_ids, cache=cache)
+    x = x + h
+    ctx_pos = jnp.zeros(context.shape[:2], jnp.int32)
+    h, _ = Attention(mask=MaskSpec(causal=False), rope_theta=None, name="cross_attn", **attn)(
+        RMSNorm(cfg.norm_eps, name="cross_norm")(x), positions=positions, segment_ids=jnp.ones_like(segment_ids),
+        x_kv=context, kv_positions=ctx_pos, kv_segment_ids=jnp.ones_like(ctx_pos))
+    x = x + h
+    x = x + SwiGLU(cfg.mlp_dim, name="mlp")(RMSNorm(cfg.norm_eps, name="mlp_norm")(x))
+    return x, cache
+
+
+class TokenDecoder(nn.Module):
+  """Decodes one block from one context embedding. Blocks are independent rows of the batch ([B', ...]).
+
+  The input sequence of a block (length T = cfg.token_context) is built from its context vectors
+  (`context_vectors`, computed once per block) and the block's bytes; `decode` runs the layers on any
+  slice [start, start + n) of it with an optional per-block KV cache. Training feeds the whole sequence
+  at once (`__call__`); generation feeds `first_inputs`, then `next_input` one byte at a time.
+  """
+
+  cfg: BlockTransformerConfig
+
+  def setup(self):
+    cfg, tok = self.cfg, self.cfg.token_decoder
+    self.embed = nn.Embed(cfg.vocab_size + 1, tok.d_model, embedding_init=embed_init(), name="embed")
+    n_ctx = cfg.prefix_len if cfg.decoding == "prefix" else cfg.block_len
+    # Conv1d(kernel=1) of the paper == a Dense to n_ctx * D_tok, reshaped to n_ctx vectors.
+    self.context_proj = nn.DenseGeneral(
+        (n_ctx, tok.d_model), use_bias=True, name="context_proj",
+        kernel_init=_logical(dense_init(), ("embed", None, None)))
+    if cfg.decoding == "cross_attention":
+      self.layers = [CrossAttentionLayer(tok, cfg.attention_impl, name=f"layer_{i}") for i in range(tok.num_layers)]
+    else:
+      self.stack = Stack(tok, stack_mask(tok), cfg.attention_impl, name="stack")
+    self.final_norm = RMSNorm(tok.norm_eps, name="final_norm")
+    self.head = nn.Dense(cfg.vocab_size, use_bias=False, name="head",
+                         kernel_init=_logical(dense_init(), ("embed", "vocab")))
+
+  def context_vectors(self, context: jax.Array) -> jax.Array:
+    """context [B', D_block] -> [B', n_ctx, D_tok] (prefix_len prefix vectors, or L_B vectors)."""
+    return self.context_proj(context)
+
+  def first_inputs(self, ctx_vecs: jax.Array) -> jax.Array:
+    """Inputs before the block's first byte: the prefix [P_1..P_p], or the start token <s> (+ ctx_1)."""
+    if self.cfg.decoding == "prefix":
+      return ctx_vecs
+    start = self.embed(jnp.full(ctx_vecs.shape[:1] + (1,), self.cfg.pad_id, jnp.int32))
+    return start + ctx_vecs[:, :1] if self.cfg.decoding == "summation" else start
+
+  def next_input(self, ctx_vecs: jax.Array, byte: jax.Array, k: int) -> jax.Array:
+    """Input carrying the block's k-th byte (k = 1..L_B-1), byte [B'] -> [B', 1, D_tok]."""
+    x = self.embed(byte[:, None])
+    return x + ctx_vecs[:, k:k + 1] if self.cfg.decoding == "summation" else x
+
+  def inputs(self, ctx_vecs: jax.Array, prev: jax.Array) -> jax.Array:
+    """Whole-block inputs [B', T, D_tok] from prev [B', L_B - 1] = the block's bytes but the last."""
+    x = self.embed(prev)
+    if self.cfg.decoding == "summation":
+      x = x + ctx_vecs[:, 1:]
+    return jnp.concatenate([self.first_inputs(ctx_vecs), x], axis=1)
+
+  def decode(self, x, ctx_vecs, *, start: int = 0, caches: tuple[KVCache, ...] | None = None):
+    """x [B', n, D_tok] at positions [start, start + n) -> logits [B', n, V], caches."""
+    batch, length = x.shape[:2]
+    positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32)[None], (batch, length))
+    segment_ids = jnp.ones((batch, length), jnp.int32)
+    if self.cfg.decoding == "cross_attention":
+      new_caches = []
+      for i, layer in enumerate(self.layers):
+        x, c = layer(x, positions=positions, segment_ids=segment_ids, context=ctx_vecs,
+                     cache=None if caches is None else caches[i])
+        new_caches.append(c)
+      caches = None if caches is None else tuple(new_caches)
+    else:
+      x, caches = self.stack(x, positions=positions, segment_ids=segment_ids, caches=caches)
+    return self.head(self.final_norm(x)), caches
+
+  def __call__(self, context: jax.Array, prev: jax.Array) -> jax.Array:
+    """Teacher-forced: context [B', D_block], prev [B', L_B - 1] -> logits [B', T, V]."""
+    ctx_vecs = self.context_vectors(context)
+    return self.decode(self.inputs(ctx_vecs, prev), ctx_vecs)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole model
+# --------------------------------------------------------------------------------------------------
+
+
+class BlockTransformer(nn.Module):
+  cfg: BlockTransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedder = LookupConcatEmbedder(cfg.vocab_size + 1, cfg.block_decoder.d_model, cfg.block_len,
+                                         name="embedder")
+    self.block_decoder = Stack(cfg.block_decoder, stack_mask(cfg.block_decoder), cfg.attention_impl,
+                               name="block_decoder")
+    self.block_norm = RMSNorm(cfg.block_decoder.norm_eps, name="block_norm")
+    self.token_decoder = TokenDecoder(cfg, name="token_decoder")
+
+  def contexts(self, blocks, *, positions, segment_ids, caches=None):
+    """blocks [B, N, L_B], positions/segment_ids [B, N] (block level) -> context embeddings [B, N, D]."""
+    x = self.embedder(blocks)
+    x, caches = self.block_decoder(x, positions=positions, segment_ids=segment_ids, caches=caches)
+    return self.block_norm(x), caches
+
+  def __call__(self, tokens, *, segment_ids=None, positions=None):
+    """tokens [B, S] -> logits [B, N-1, L_B, V] for blocks 1..N-1 (block j from contexts of blocks < j).
+
+    segment_ids / positions [B, S] are token level and block aligned (constant segment within a block;
+    positions are within-document, so the block position is positions // L_B).
+    """
+    cfg = self.cfg
+    _check_tokens(tokens, cfg.block_len)
+    batch, seq_len = tokens.shape
+    n = seq_len // cfg.block_len
+    if n < 2:
+      raise ValueError(f"need at least 2 blocks (seq_len >= {2 * cfg.block_len}) to have a target block.")
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(tokens)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32)[None], tokens.shape)
+    blocks = tokens.reshape(batch, n, cfg.block_len)
+    ctx, _ = self.contexts(blocks, positions=positions[:, ::cfg.block_len] // cfg.block_len,
+                           segment_ids=segment_ids[:, ::cfg.block_len])
+    # Context of block j decodes block j+1; blocks go into the batch.
+    ctx = ctx[:, :-1].reshape(batch * (n - 1), -1)
+    targets = blocks[:, 1:].reshape(batch * (n - 1), cfg.block_len)
+    logits = self.token_decoder(ctx, targets[:, :-1])  # [B*(N-1), T, V]
+    logits = logits[:, -cfg.block_len:]  # outputs at P_p, t_1..t_{L_B-1} (prefix) or all L_B positions
+    return logits.reshape(batch, n - 1, cfg.block_len, -1)
+
+  # -- generation steps (used by hat_jax.generate.block_engine) ---------------------------------------
+
+  def block_step(self, blocks, caches, *, segment_ids=None):
+    """Feed blocks [B, n, L_B] to the block decoder at positions cache.length.. -> last context [B, D]."""
+    batch, n, _ = blocks.shape
+    start = caches[0].length[:, None]
+    positions = start + jnp.arange(n, dtype=jnp.int32)[None]
+    if segment_ids is None:
+      segment_ids = jnp.ones((batch, n), jnp.int32)
+    ctx, caches = self.contexts(blocks, positions=positions, segment_ids=segment_ids, caches=caches)
+    return ctx[:, -1], caches
+
+  def token_first(self, context, caches):
+    """Start a block: context [B, D] -> (context vectors, logits for its first byte [B, V], caches)."""
+    td = self.token_decoder
+    ctx_vecs = td.context_vectors(context)
+    logits, caches = td.decode(td.first_inputs(ctx_vecs), ctx_vecs, start=0, caches=caches)
+    return ctx_vecs, logits[:, -1], caches
+
+  def token_next(self, ctx_vecs, byte, k: int, caches):
+    """Feed the block's k-th byte [B] (k = 1..L_B-1) -> logits for byte k+1 [B, V], caches."""
+    td = self.token_decoder
+    start = self.cfg.first_step_len + k - 1
+    logits, caches = td.decode(td.next_input(ctx_vecs, byte, k), ctx_vecs, start=start, caches=caches)
+    return logits[:, -1], caches
+
+
+class VanillaLM(nn.Module):
+  """Token-level decoder-only transformer over bytes (the baseline): embed -> Stack -> norm -> head."""
+
+  cfg: VanillaConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embed = nn.Embed(cfg.vocab_size + 1, cfg.decoder.d_model, embedding_init=embed_init(), name="embed")
+    self.decoder = Stack(cfg.decoder, stack_mask(cfg.decoder), cfg.attention_impl, name="decoder")
+    self.final_norm = RMSNorm(cfg.decoder.norm_eps, name="final_norm")
+    self.head = nn.Dense(cfg.vocab_size, use_bias=False, name="head",
+                         kernel_init=_logical(dense_init(), ("embed", "vocab")))
+
+  def __call__(self, tokens, *, segment_ids=None, positions=None, caches=None):
+    """tokens [B, T] -> logits [B, T, V] (position t predicts token t+1), caches."""
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be [batch, seq_len], got shape {tokens.shape}.")
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(tokens)
+    if positions is None:
+      start = 0 if caches is None else caches[0].length[:, None]
+      positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+      positions = jnp.broadcast_to(positions, tokens.shape)
+    x, caches = self.decoder(self.embed(tokens), positions=positions, segment_ids=segment_ids, caches=caches)
+    return self.head(self.final_norm(x)), caches
+
+
+def empty_caches(stack_cfg: StackConfig, batch: int, max_len: int, dtype=jnp.float32) -> tuple[KVCache, ...]:
+  return tuple(KVCache.empty(batch, max_len, stack_cfg.num_kv_heads, stack_cfg.head_dim, dtype)
+               for _ in range(stack_cfg.num_layers))
+
+
+def param_count(params: Any) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

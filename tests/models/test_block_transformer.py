@@ -1,0 +1,191 @@
+"""Block Transformer + vanilla baseline: shapes, causal / block / segment masks, layout and padding, configs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hat_jax.models.block_transformer import (
+    DECODINGS, BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM)
+from hat_jax.models.layers import StackConfig
+from hat_jax.train.block_tasks import (
+    PAD_ID, DocumentWindows, aligned_row, block_align, block_loss, eval_rows, vanilla_loss)
+
+L = 4
+
+
+def stack(d, layers=1):
+  return StackConfig(d_model=d, num_layers=layers, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=2 * d)
+
+
+def block_cfg(decoding="prefix", **kw):
+  return BlockTransformerConfig(stack(16), stack(16), decoding=decoding, **kw)
+
+
+def init(model, seq_len=16, seed=0):
+  return model.init(jax.random.key(seed), jnp.zeros((1, seq_len), jnp.int32))
+
+
+def rand_tokens(shape, seed=1):
+  return jax.random.randint(jax.random.key(seed), shape, 0, 256, jnp.int32)
+
+
+@pytest.mark.parametrize("decoding", DECODINGS)
+def test_shapes_and_embedder(decoding):
+  cfg = block_cfg(decoding)
+  model = BlockTransformer(cfg)
+  params = init(model)
+  logits = model.apply(params, rand_tokens((3, 20)))
+  assert logits.shape == (3, 20 // L - 1, L, 256)
+  table = params["params"]["embedder"]["embedding"]
+  table = getattr(table, "value", table)
+  assert table.shape == (257, 16 // L)  # D_emb = D / L_B; one extra row for pad_id
+  assert cfg.token_context == (2 + L - 1 if decoding == "prefix" else L)
+
+
+@pytest.mark.parametrize("decoding", DECODINGS)
+def test_block_causality(decoding):
+  """Logits for block j, byte k depend on blocks < j and bytes < k of block j, and on nothing later."""
+  model = BlockTransformer(block_cfg(decoding))
+  params = init(model)
+  tokens = rand_tokens((1, 24))
+  base = model.apply(params, tokens)  # [1, 5, L, V]: index i predicts block i+1
+  j, k = 3, 1  # perturb byte k of block j
+  changed = model.apply(params, tokens.at[0, j * L + k].set((tokens[0, j * L + k] + 7) % 256))
+  diff = np.abs(np.asarray(changed - base)).max(axis=-1)[0]  # [5, L]
+  np.testing.assert_array_equal(diff[:j - 1], 0.0)  # earlier blocks' predictions
+  np.testing.assert_array_equal(diff[j - 1, :k + 1], 0.0)  # block j's own bytes <= k
+  assert diff[j - 1, k + 1:].min() > 0  # later bytes of block j see byte k (within-block attention)
+  assert diff[j:].min() > 0  # later blocks see it through the block decoder
+
+
+def test_segments_isolate_documents_at_block_level():
+  """A second document in the row gives the same logits as that document alone."""
+  model = BlockTransformer(block_cfg())
+  params = init(model)
+  doc_a, doc_b = np.arange(7) + 40, np.arange(13) + 90
+  row = aligned_row([doc_a, doc_b], 32, L, [1, 2])
+  alone = aligned_row([doc_b], 16, L, [2])
+  get = lambda r: model.apply(params, jnp.asarray(r["tokens"])[None], segment_ids=jnp.asarray(r["segment_ids"])[None],
+                              positions=jnp.asarray(r["positions"])[None])
+  both, single = get(row), get(alone)
+  # doc_b starts at block 2 of the row (7 bytes + 1 lead pad -> 2 blocks); its target blocks follow.
+  np.testing.assert_allclose(both[0, 2:5], single[0, 0:3], atol=1e-5)
+  assert np.abs(np.asarray(both[0, 2:5] - get(aligned_row([doc_b], 32, L, [2]))[0, 0:3])).max() < 1e-5
+
+
+def test_vanilla_shapes_and_causality():
+  model = VanillaLM(VanillaConfig(stack(16, 2)))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+  tokens = rand_tokens((2, 12))
+  logits, caches = model.apply(params, tokens)
+  assert logits.shape == (2, 12, 256) and caches is None
+  changed, _ = model.apply(params, tokens.at[:, 5].set(0))
+  diff = np.abs(np.asarray(changed - logits)).max(axis=(0, 2))
+  np.testing.assert_array_equal(diff[:5], 0.0)
+  assert diff[5:].min() > 0
+
+
+# -- layout and padding -------------------------------------------------------------------------------
+
+
+def test_aligned_row_layout():
+  row = aligned_row([np.arange(5) + 1, np.arange(6) + 100], 24, L, [3, 0])
+  # doc 1: 3 pads + 5 bytes = 8 = 2 blocks; doc 2: 6 bytes -> 8 (2 pad); then 8 padding slots.
+  np.testing.assert_array_equal(row["tokens"][:8], [PAD_ID] * 3 + [1, 2, 3, 4, 5])
+  np.testing.assert_array_equal(row["tokens"][8:16], list(range(100, 106)) + [PAD_ID] * 2)
+  np.testing.assert_array_equal(row["segment_ids"], [1] * 8 + [2] * 8 + [0] * 8)
+  np.testing.assert_array_equal(row["positions"][8:16], np.arange(8))
+  # Targets: real bytes outside each document's first block.
+  np.testing.assert_array_equal(np.flatnonzero(row["loss_mask"]), [4, 5, 6, 7, 12, 13])
+
+
+def test_aligned_row_truncates_and_rejects_bad_args():
+  row = aligned_row([np.arange(30)], 16, L, [2])
+  np.testing.assert_array_equal(row["tokens"][2:], np.arange(14))
+  with pytest.raises(ValueError, match="multiple of block_len"):
+    aligned_row([np.arange(3)], 10, L, [0])
+  with pytest.raises(ValueError, match="lead padding"):
+    aligned_row([np.arange(3)], 8, L, [L])
+
+
+def test_block_align_random_first_block_padding():
+  tokens = np.arange(2 * 32).reshape(2, 32) % 200
+  segs = np.array([[1] * 10 + [2] * 15 + [3] * 7, [1] * 32])
+  rng = np.random.default_rng(0)
+  leads = set()
+  for _ in range(20):
+    out = block_align(tokens, segs, L, rng, seq_len=48)
+    for r in range(2):
+      seg = out["segment_ids"][r]
+      starts = np.flatnonzero(np.diff(np.concatenate([[0], seg])) != 0)
+      starts = starts[seg[starts] != 0]
+      assert np.all(starts % L == 0)  # every document starts at a block boundary
+      for s in starts:
+        lead = int(np.argmax(out["tokens"][r, s:] != PAD_ID))
+        assert 0 <= lead < L
+        leads.add(lead)
+    # Every input byte survives (48 slots are enough here), in order.
+    kept = out["tokens"][0][out["tokens"][0] != PAD_ID]
+    np.testing.assert_array_equal(kept, tokens[0])
+  assert leads == set(range(L))
+  fixed = block_align(tokens, segs, L, None, lead_pad=L - 1, seq_len=48)
+  np.testing.assert_array_equal(fixed["tokens"][1, :L], [PAD_ID] * 3 + [tokens[1, 0]])
+  with pytest.raises(ValueError, match="rng"):
+    block_align(tokens, segs, L, None)
+
+
+def test_both_models_score_the_same_bytes():
+  rows = eval_rows([bytes(range(60)), bytes(range(100, 140))], 16, L, max_rows=10)
+  batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+  bt = BlockTransformer(block_cfg())
+  va = VanillaLM(VanillaConfig(stack(16)))
+  _, mb = block_loss(bt, init(bt), batch)
+  _, mv = vanilla_loss(va, init(va), batch)
+  assert float(mb["target_bytes"]) == float(mv["target_bytes"]) == float(batch["loss_mask"].sum()) > 0
+  assert np.isfinite(float(mb["loss"])) and np.isfinite(float(mv["loss"]))
+
+
+def test_document_windows_deterministic_and_resumable():
+  docs = [bytes(range(200)), bytes(range(50, 250))]
+  a = DocumentWindows(docs, 3, 16, L, seed=5, random_pad=True)
+  first = [next(a) for _ in range(3)]
+  b = DocumentWindows(docs, 3, 16, L, seed=5, random_pad=True)
+  b.set_state({"step": 2})
+  np.testing.assert_array_equal(next(b)["tokens"], first[2]["tokens"])
+  assert a.get_state() == {"step": 3}
+  assert first[0]["tokens"].shape == (3, 16)
+
+
+# -- config errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(block_len=3), "divisible by block_len"),
+    (dict(block_len=0), "block_len"),
+    (dict(decoding="sum"), "decoding must be one of"),
+    (dict(prefix_len=0), "prefix_len"),
+    (dict(vocab_size=1), "vocab_size"),
+])
+def test_bad_block_config_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    block_cfg(**kwargs)
+
+
+def test_bad_config_errors_from_dicts_and_inputs():
+  good = dict(block_decoder=dict(stack(16).__dict__), token_decoder=dict(stack(16).__dict__))
+  assert BlockTransformerConfig.from_config(good).block_len == L
+  with pytest.raises(ValueError, match="Unknown Block Transformer config fields"):
+    BlockTransformerConfig.from_config({**good, "blocklen": 4})
+  with pytest.raises(ValueError, match="token_decoder"):
+    BlockTransformerConfig.from_config({"block_decoder": good["block_decoder"]})
+  with pytest.raises(ValueError, match="window"):
+    BlockTransformerConfig(StackConfig(16, 1, 2, 1, 8, 32, window=4), stack(16))
+  with pytest.raises(ValueError, match="Unknown vanilla LM config fields"):
+    VanillaConfig.from_config({"decoder": good["block_decoder"], "layers": 2})
+  model = BlockTransformer(block_cfg())
+  params = init(model)
+  with pytest.raises(ValueError, match="multiple of block_len"):
+    model.apply(params, jnp.zeros((1, 10), jnp.int32))
+  with pytest.raises(ValueError, match="at least 2 blocks"):
+    model.apply(params, jnp.zeros((1, L), jnp.int32))
