@@ -118,18 +118,18 @@ def _check_lengths(arrays: Mapping[str, np.ndarray]) -> int:
   return next(iter(lengths.values()))
 
 
-def _check_enough(n: int, n_params: int, what: str, distinct: Mapping[str, tuple[np.ndarray, int]]):
+def _check_enough(n: int, n_params: int, what: str, distinct: Mapping[str, tuple[np.ndarray, int]],
+                  hint: str):
   # One more point than parameters, so that the fit is not an exact interpolation.
   if n < n_params + 1:
     raise ValueError(
-        f"{what} has {n_params} parameters and needs at least {n_params + 1} runs, got {n}. "
-        "Add runs (more sizes) or fit a form with fewer parameters (e.g. with_offset=False).")
+        f"{what} has {n_params} parameters and needs at least {n_params + 1} runs, got {n}. {hint}")
   for name, (arr, need) in distinct.items():
     got = len(np.unique(arr))
     if got < need:
       raise ValueError(
           f"{what} needs at least {need} distinct values of {name} to identify its exponent, got {got} "
-          f"({np.unique(arr)[:5]}).")
+          f"({[float(v) for v in np.unique(arr)[:5]]}). {hint}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -287,7 +287,8 @@ def fit_power_law(x: Any, L: Any, *, variable: str = "N", with_offset: bool = Tr
   n = _check_lengths({variable: x, "L": L})
   n_params = 3 if with_offset else 2
   _check_enough(n, n_params, "L(x) = E + (x0/x)^alpha" if with_offset else "L(x) = (x0/x)^alpha",
-                {variable: (x, n_params)})
+                {variable: (x, n_params)},
+                "Add runs of more sizes" + (", or fit with_offset=False." if with_offset else "."))
   grid = dict(POWER_LAW_GRID if grid is None else grid)
   missing = {"alpha", "a_frac"} - set(grid) | ({"e_frac"} - set(grid) if with_offset else set())
   if missing:
@@ -394,7 +395,8 @@ def fit_chinchilla(N: Any, D: Any, L: Any, *, delta: float = HUBER_DELTA,
   D = _positive_array("D", D)
   L = _positive_array("L", L)
   n = _check_lengths({"N": N, "D": D, "L": L})
-  _check_enough(n, 5, "L(N, D) = E + A/N^alpha + B/D^beta", {"N": (N, 2), "D": (D, 2)})
+  _check_enough(n, 5, "L(N, D) = E + A/N^alpha + B/D^beta", {"N": (N, 2), "D": (D, 2)},
+                "Add runs that vary N and D independently, or fit L(N) / L(C) with fit_power_law.")
   grid = dict(CHINCHILLA_GRID if grid is None else grid)
   missing = set(CHINCHILLA_GRID) - set(grid)
   if missing:
