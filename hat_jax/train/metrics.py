@@ -115,3 +115,57 @@ class MeanAccumulator:
 
   def result(self) -> dict[str, float]:
     return {k: (v if k in self.sum_names else v / max(self.count, 1)) for k, v in self.totals.items()}
+
+
+# Dense bf16 peak FLOP/s per chip (vendor datasheets, no sparsity), matched against
+# `jax.devices()[0].device_kind`. Used only to turn counted FLOP/s into a utilisation fraction;
+# unknown devices (CPU, other GPUs) report FLOP/s without a fraction.
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12, "NVIDIA H200 SXM datasheet, dense BF16"),
+    ("H100", 989e12, "NVIDIA H100 SXM datasheet, dense BF16 (PCIe parts are lower: 756e12)"),
+    ("A100", 312e12, "NVIDIA A100 datasheet, dense BF16"),
+    ("TPU v6 lite", 918e12, "Cloud TPU v6e docs, BF16"),
+    ("TPU v5 lite", 197e12, "Cloud TPU v5e docs, BF16"),
+    ("TPU v5p", 459e12, "Cloud TPU v5p docs, BF16"),
+    ("TPU v5", 459e12, "Cloud TPU v5p docs, BF16"),
+    ("TPU v4", 275e12, "Cloud TPU v4 docs, BF16"),
+)
+
+
+def device_peak_flops(device_kind: str) -> tuple[float, str] | None:
+  """(peak bf16 FLOP/s per device, source) for a known accelerator, else None."""
+  for key, flops, source in PEAK_BF16_FLOPS:
+    if key.lower() in device_kind.lower():
+      return flops, source
+  return None
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs per device per call that XLA counts for a compiled program (None if unavailable).
+
+  This counts what the hardware executes (rematerialisation included; custom kernels such as Pallas
+  calls are opaque to XLA and count as zero), so FLOP/s over peak is hardware FLOPs utilisation, not
+  the analytic model-FLOPs MFU of a paper table.
+  """
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # some backends do not implement it
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def memory_summary(compiled) -> str:
+  """Per-device memory of a compiled program, for a "will it fit" line before step 0."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return "memory analysis unavailable"
+  if stats is None:
+    return "memory analysis unavailable"
+  mib = 1 << 20
+  return (f"per-device memory: arguments {stats.argument_size_in_bytes / mib:.1f} MiB, outputs "
+          f"{stats.output_size_in_bytes / mib:.1f} MiB (aliased {stats.alias_size_in_bytes / mib:.1f}), "
+          f"temporaries {stats.temp_size_in_bytes / mib:.1f} MiB")

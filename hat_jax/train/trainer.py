@@ -174,6 +174,21 @@ def _make_train_step(run: Run, batch_shardings):
                  out_shardings=(run.state_shardings, replicated), donate_argnums=0)
 
 
+def _compile_train_step(run: Run, state: State, global_batch, writer: metrics_lib.MetricWriter):
+  """Compile ahead of time (once): report XLA-counted FLOPs and per-device memory before step 0."""
+  jitted = _make_train_step(run, jax.tree_util.tree_map(lambda x: x.sharding, global_batch))
+  compiled = jitted.lower(state, global_batch).compile()
+  per_device = metrics_lib.compiled_flops(compiled)
+  peak = metrics_lib.device_peak_flops(jax.devices()[0].device_kind)
+  line = f"train step compiled: {metrics_lib.memory_summary(compiled)}"
+  if per_device:
+    line += f"; {per_device / 1e9:.3f} GFLOPs/device/step (XLA count)"
+  if peak:
+    line += f"; hfu against {peak[0] / 1e12:.0f} TFLOP/s per device ({peak[1]})"
+  writer.print(line)
+  return compiled, {"per_device": per_device, "peak": peak[0] if peak else None}
+
+
 def _make_eval_step(run: Run):
   task, seed = run.task, int(run.config.seed)
 
@@ -275,7 +290,7 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
   total = int(t.steps)
   log_every, eval_every, ckpt_every = int(t.log_every), int(t.eval_every), int(t.checkpoint_every)
   eval_step = _make_eval_step(run)
-  train_step = None
+  train_step, flops = None, {}
   window = metrics_lib.MeanAccumulator()
   counts: dict[str, float] = {}
   # Throughput window: starts after the first (compiling) step; time spent saving and evaluating is
@@ -311,6 +326,10 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
       if clock["steps"] and elapsed > 0:
         logged["steps_per_sec"] = clock["steps"] / elapsed
         logged.update({f"{k}_per_sec": v / elapsed for k, v in counts.items()})
+        if flops["per_device"]:
+          logged["tflops_per_sec_per_device"] = flops["per_device"] * logged["steps_per_sec"] / 1e12
+          if flops["peak"]:
+            logged["hfu"] = logged["tflops_per_sec_per_device"] * 1e12 / flops["peak"]
       writer.write(s + 1, "train", logged)
       result = {f"train/{k}": v for k, v in logged.items()}
       window.reset()
@@ -324,7 +343,7 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
       batch_counts = {k: float(v) * jax.process_count() for k, v in task.throughput_counts(batch).items()}
       global_batch = sharding.global_batch_from_local(batch, run.mesh, run.rules)
       if train_step is None:
-        train_step = _make_train_step(run, jax.tree_util.tree_map(lambda x: x.sharding, global_batch))
+        train_step, flops = _compile_train_step(run, state, global_batch, writer)
       state, device_metrics = train_step(state, global_batch)
       if pending is not None:
         process(pending)

@@ -63,3 +63,10 @@ def test_common_blocks():
   rules = dict(common.default_rules(("kv_heads", None), ("codebook", "tensor")))
   assert rules["kv_heads"] is None and rules["codebook"] == "tensor" and rules["embed"] == "fsdp"
   assert jax.device_count() == 8
+
+
+def test_device_peak_table():
+  from hat_jax.train import metrics  # pylint: disable=g-import-not-at-top
+  assert metrics.device_peak_flops("NVIDIA H100 80GB HBM3")[0] == 989e12
+  assert metrics.device_peak_flops("TPU v5 lite")[0] == 197e12
+  assert metrics.device_peak_flops("cpu") is None

@@ -39,7 +39,8 @@ def test_loss_decreases_and_metrics_are_written(reference_run):
   assert [r["step"] for r in evals] == [6, 12]
   assert train[-1]["loss"] < train[0]["loss"] - 0.5
   assert evals[-1]["loss"] < evals[0]["loss"]
-  for key in ("bits_per_token", "grad_norm", "learning_rate", "tokens_per_sec", "steps_per_sec"):
+  for key in ("bits_per_token", "grad_norm", "learning_rate", "tokens_per_sec", "steps_per_sec",
+              "tflops_per_sec_per_device"):
     assert key in train[-1], key
   # sum_metrics are summed over the two eval batches of 4 x 16 tokens, other metrics averaged.
   assert evals[-1]["num_tokens"] == 2 * 4 * 16
