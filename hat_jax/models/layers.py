@@ -141,6 +141,10 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   out_features: int | None = None
+  # Mask by sequence index (+ segment ids) instead of positions when not decoding. Only valid when
+  # positions rise by one within each segment (packed training rows), and it lets the kernels see
+  # a static mask and skip tiles. Block-causal masks that pass block ids as positions must keep False.
+  mask_by_index: bool = False
 
   @nn.compact
   def __call__(
@@ -180,8 +184,9 @@ class Attention(nn.Module):
       cache = cache.append(k, v, kv_positions, kv_segment_ids)
       k, v, kv_positions, kv_segment_ids = cache.k, cache.v, cache.positions, cache.segment_ids
 
+    by_index = self.mask_by_index and cache is None and x_kv is None and self.mask.chunk is None
     out = attention(q, k, v, self.mask, impl=self.attention_impl,
-                    q_positions=positions, kv_positions=kv_positions,
+                    q_positions=None if by_index else positions, kv_positions=None if by_index else kv_positions,
                     q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)
     out = nn.DenseGeneral(
         self.out_features or x.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
@@ -215,6 +220,7 @@ class Block(nn.Module):
   attention_impl: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  mask_by_index: bool = False  # see Attention.mask_by_index
 
   @nn.compact
   def __call__(self, x, *, positions, segment_ids, cache: KVCache | None = None):
@@ -222,7 +228,7 @@ class Block(nn.Module):
     attn_out, cache = Attention(
         cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, mask=self.mask, rope_theta=cfg.rope_theta,
         qk_norm=cfg.qk_norm, attention_impl=self.attention_impl, dtype=self.dtype,
-        param_dtype=self.param_dtype, name="attn")(
+        param_dtype=self.param_dtype, mask_by_index=self.mask_by_index, name="attn")(
             RMSNorm(cfg.norm_eps, self.dtype, self.param_dtype, name="attn_norm")(x),
             positions=positions, segment_ids=segment_ids, cache=cache)
     x = x + attn_out
@@ -243,12 +249,14 @@ class Stack(nn.Module):
   attention_impl: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  mask_by_index: bool = False  # see Attention.mask_by_index
 
   @nn.compact
   def __call__(self, x, *, positions, segment_ids, caches: tuple[KVCache, ...] | None = None):
     new_caches = []
     for i in range(self.cfg.num_layers):
-      x, c = Block(self.cfg, self.mask, self.attention_impl, self.dtype, self.param_dtype, name=f"layer_{i}")(
+      x, c = Block(self.cfg, self.mask, self.attention_impl, self.dtype, self.param_dtype, self.mask_by_index,
+                   name=f"layer_{i}")(
           x, positions=positions, segment_ids=segment_ids, cache=None if caches is None else caches[i])
       new_caches.append(c)
     return x, (None if caches is None else tuple(new_caches))

@@ -1,0 +1,207 @@
+"""Batched HAT generation with KV caches at all three levels (encoder bytes, backbone words, decoder bytes).
+
+  prefill   everything but the last, possibly unfinished, word of each prompt: encoder and decoder over
+            all prompt bytes, backbone over the complete words.
+  per byte  sample from the decoder's logits; ask the splitter whether the new byte starts a new word.
+            If it does, pool the finished word's encoder states into a word embedding and take one
+            backbone step (only for the sequences whose word finished); its output guides the next word.
+            Then the new byte goes through the encoder and the decoder (one cached step each).
+
+A word boundary is sometimes only visible a few bytes late (a multi-byte UTF-8 character that turns out
+to start a new word, or a word cut at `max_word_bytes` inside a character). Those k-1 bytes were decoded
+with the old word's guide, so the decoder cache is rolled back by k-1 entries and they are decoded again
+with the new guide: the final logits then equal a full uncached forward pass over the generated text with
+the same word boundaries (tested). The encoder never depends on word boundaries, so its cache stays.
+
+The loop is Python (the splitter runs on the host) around three jitted functions with fixed shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hat_jax.data.splitter import BOS, EOD, WordSplitter
+from hat_jax.generate.sampling import SamplingConfig, sample
+from hat_jax.models.hat import HAT, HATConfig, empty_caches
+from hat_jax.models.layers import KVCache
+
+
+@dataclasses.dataclass
+class Generation:
+  """Result for one prompt."""
+
+  prompt: bytes
+  generated: bytes
+  words: list[bytes]  # word segmentation used by the backbone, BOS word first (prompt + generated)
+  logits: np.ndarray | None = None  # [len(BOS + prompt + generated) - 1, 256] next-byte logits, if recorded
+
+  @property
+  def text(self) -> str:
+    return self.generated.decode("utf-8", errors="replace")
+
+
+def _crop(caches: tuple[KVCache, ...], amount: jax.Array) -> tuple[KVCache, ...]:
+  return tuple(c._replace(length=c.length - amount) for c in caches)
+
+
+class HATSampler:
+  """Generates bytes from a trained tfree HAT. `params` are the model's variables ({'params': ...})."""
+
+  def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_bytes: int = 512):
+    if cfg.variant != "tfree":
+      raise NotImplementedError(
+          "cached generation is implemented for the released (variant='tfree') HAT; the paper variant trains "
+          "and evaluates but has no sampler yet.")
+    if splitter.max_word_bytes != cfg.max_word_bytes:
+      raise ValueError(f"splitter.max_word_bytes ({splitter.max_word_bytes}) must match the model's "
+                       f"max_word_bytes ({cfg.max_word_bytes}).")
+    self.cfg, self.params, self.splitter, self.max_total = cfg, params, splitter, max_total_bytes
+    self.model = HAT(cfg)
+    model = self.model
+
+    def encode(params, byte_ids, pos, seg, caches):
+      return model.apply(params, byte_ids, pos, seg, caches, method=HAT.encode)
+
+    def backbone_step(params, h_hist, starts, lengths, word_pos, valid, caches):
+      emb = model.apply(params, h_hist, starts, lengths, method=HAT.pool_words)  # [B, W, D]
+      out, caches = model.apply(params, emb, word_pos, valid.astype(jnp.int32), caches, method=HAT.backbone)
+      return out, caches
+
+    def decode(params, h, guide, pos, seg, caches):
+      return model.apply(params, h, guide, pos, seg, caches, method=HAT.decode)
+
+    self._encode = jax.jit(encode)
+    self._backbone = jax.jit(backbone_step)
+    self._decode = jax.jit(decode)
+    self._first_word = model.apply(params, method=HAT.first_word_embedding)
+
+  def generate(self, prompts: Sequence[bytes], max_new_bytes: int, rng: jax.Array,
+               sampling: SamplingConfig = SamplingConfig(), record_logits: bool = False,
+               stop_at_eod: bool = True) -> list[Generation]:
+    cfg, params, splitter = self.cfg, self.params, self.splitter
+    batch = len(prompts)
+    if batch == 0:
+      raise ValueError("generate needs at least one prompt.")
+    seqs = [bytearray([BOS]) + bytes(p) for p in prompts]
+    total = max(len(s) for s in seqs) + max_new_bytes
+    if total > self.max_total:
+      raise ValueError(f"prompt + max_new_bytes = {total} bytes exceeds max_total_bytes={self.max_total}; "
+                       "shorten the prompt or raise max_total_bytes.")
+    words = [[bytes([BOS]), *splitter.split(bytes(p))] for p in prompts]
+    # Prompt words that end with an unfinished UTF-8 character stay "current" like any last word.
+    complete = [w[:-1] for w in words]
+    caches = empty_caches(cfg, batch, total, total)
+    d_enc = cfg.encoder.d_model
+
+    # ---- prefill ----
+    p_len = max(len(s) for s in seqs)
+    byte_ids = np.zeros((batch, p_len), np.int32)
+    seg = np.zeros((batch, p_len), np.int32)
+    for b, s in enumerate(seqs):
+      byte_ids[b, :len(s)] = np.frombuffer(bytes(s), np.uint8)
+      seg[b, :len(s)] = 1
+    pos = np.broadcast_to(np.arange(p_len, dtype=np.int32), (batch, p_len))
+    h, caches["encoder"] = self._encode(params, byte_ids, pos, seg, caches["encoder"])
+    h_hist = jnp.zeros((batch, total, d_enc), h.dtype).at[:, :p_len].set(h)
+
+    n_words = max(1, max(len(c) for c in complete))
+    starts = np.zeros((batch, n_words), np.int32)
+    lengths = np.zeros((batch, n_words), np.int32)
+    for b, ws in enumerate(complete):
+      offs = np.cumsum([0] + [len(w) for w in ws])
+      starts[b, :len(ws)], lengths[b, :len(ws)] = offs[:-1], [len(w) for w in ws]
+    word_pos = np.broadcast_to(np.arange(n_words, dtype=np.int32), (batch, n_words))
+    out, caches["backbone"] = self._backbone(params, h_hist, starts, lengths, word_pos, lengths > 0,
+                                             caches["backbone"])
+    # Guide of each prompt word: backbone output of the previous word (first word: learned embedding).
+    first = jnp.broadcast_to(self._first_word, (batch, 1, out.shape[-1])).astype(out.dtype)
+    guide_words = jnp.concatenate([first, out], axis=1)  # guide_words[:, j] guides word j
+    byte_word = np.zeros((batch, p_len), np.int32)
+    for b, ws in enumerate(words):
+      byte_word[b, :len(seqs[b])] = np.repeat(np.arange(len(ws)), [len(w) for w in ws])
+    guide = jnp.take_along_axis(guide_words, jnp.asarray(byte_word)[..., None], axis=1)
+    logits, caches["decoder"] = self._decode(params, h, guide, pos, seg, caches["decoder"])
+    last = np.array([len(s) - 1 for s in seqs])
+    next_logits = logits[np.arange(batch), last]  # [B, 256]
+    current_guide = guide_words[np.arange(batch), np.array([len(c) for c in complete])]  # [B, D]
+    recorded = [list(np.asarray(logits[b, :len(seqs[b])])) for b in range(batch)] if record_logits else None
+
+    cur_start = np.array([len(s) - len(ws[-1]) for s, ws in zip(seqs, words)])
+    cur_word_pos = np.array([len(c) for c in complete], np.int32)
+    done = np.zeros(batch, bool)
+
+    # ---- byte loop ----
+    for _ in range(max_new_bytes):
+      rng, key = jax.random.split(rng)
+      new = np.asarray(sample(next_logits, key, sampling))
+      active = ~done
+      splits = [splitter.finish_words(bytes(seqs[b][cur_start[b]:]), int(new[b])) if active[b] else [b""]
+                for b in range(batch)]
+      n_finished = np.array([len(w) - 1 for w in splits])
+      # One backbone step per finished word (only for the sequences that finished that many words);
+      # guides[i] is what guides word i of the split (guides[0]: the current guide).
+      guides = [current_guide]
+      for i in range(int(n_finished.max())):
+        has = n_finished > i
+        length = np.array([len(w[i]) if h else 0 for w, h in zip(splits, has)], np.int32)
+        out, caches["backbone"] = self._backbone(
+            params, h_hist, cur_start[:, None].astype(np.int32), length[:, None], cur_word_pos[:, None].astype(np.int32),
+            has[:, None], caches["backbone"])
+        guides.append(jnp.where(has[:, None], out[:, 0], guides[-1]))
+        cur_start = cur_start + length
+        cur_word_pos = cur_word_pos + has
+      current_guide = guides[-1]
+      for b in np.flatnonzero(active):
+        seqs[b].append(int(new[b]))
+      lens = np.array([len(s) for s in seqs])
+      # Encoder: one cached step for the new byte.
+      h_new, caches["encoder"] = self._encode(params, new[:, None].astype(np.int32), (lens - 1)[:, None].astype(np.int32),
+                                              active[:, None].astype(np.int32), caches["encoder"])
+      h_hist = h_hist.at[np.arange(batch), lens - 1].set(h_new[:, 0])
+      # Decoder: bytes after the first finished word were decoded with a stale guide: roll the decoder cache
+      # back over them and decode them again, each with its own word's guide, together with the new byte.
+      redo = np.where(active, np.array([len(w[-1]) if n else 1 for w, n in zip(splits, n_finished)]), 0)
+      redo = np.where(n_finished > 0, np.array([sum(len(x) for x in w[1:]) for w in splits]), redo)
+      width = max(int(redo.max()), 1)
+      chunk_seg = (np.arange(width)[None] < redo[:, None]).astype(np.int32)
+      chunk_pos = np.where(chunk_seg > 0, (lens - redo)[:, None] + np.arange(width)[None], 0).astype(np.int32)
+      guide_idx = np.zeros((batch, width), np.int32)  # which entry of `guides` each re-decoded byte uses
+      for b in np.flatnonzero(n_finished > 0):
+        per_byte = np.repeat(np.arange(1, len(splits[b])), [len(x) for x in splits[b][1:]])
+        guide_idx[b, :len(per_byte)] = per_byte
+      stacked = jnp.stack(guides, axis=1)  # [B, n_finished_max + 1, D]
+      guide = jnp.take_along_axis(stacked, jnp.asarray(guide_idx)[..., None], axis=1)
+      h_chunk = jnp.take_along_axis(h_hist, jnp.asarray(chunk_pos)[..., None], axis=1)
+      caches["decoder"] = _crop(caches["decoder"], jnp.asarray(np.maximum(redo - 1, 0), jnp.int32))
+      logits, caches["decoder"] = self._decode(params, h_chunk, guide, chunk_pos, chunk_seg, caches["decoder"])
+      next_logits = logits[np.arange(batch), np.maximum(redo - 1, 0)]
+      if record_logits:
+        for b in np.flatnonzero(active):
+          del recorded[b][len(recorded[b]) - (redo[b] - 1):]
+          recorded[b].extend(np.asarray(logits[b, :redo[b]]))
+      if stop_at_eod:
+        done |= active & (new == EOD)
+      if done.all():
+        break
+
+    results = []
+    for b, prompt in enumerate(prompts):
+      full = bytes(seqs[b])
+      boundaries = self._boundaries(full, words[b])
+      results.append(Generation(
+          prompt=bytes(prompt), generated=full[1 + len(prompt):], words=boundaries,
+          logits=None if recorded is None else np.stack(recorded[b][:len(full) - 1]) if len(full) > 1 else None))
+    return results
+
+  def _boundaries(self, full: bytes, prompt_words: list[bytes]) -> list[bytes]:
+    """Replays the generation's word decisions to report the segmentation the backbone saw."""
+    words, cur = list(prompt_words[:-1]), prompt_words[-1]
+    for byte in full[sum(len(w) for w in prompt_words):]:
+      *finished, cur = self.splitter.finish_words(cur, byte)
+      words += finished
+    return words + [cur]

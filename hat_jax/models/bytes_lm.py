@@ -1,0 +1,53 @@
+"""The byte-level baseline: one causal transformer over the byte stream (same batches as HAT)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from hat_jax.data.splitter import VOCAB_SIZE
+from hat_jax.kernels import MaskSpec
+from hat_jax.models import lm_metrics
+from hat_jax.models.layers import RMSNorm, Stack, StackConfig, dense_init, embed_init
+
+
+@dataclasses.dataclass(frozen=True)
+class BytesLMConfig:
+  stack: StackConfig
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+
+  @classmethod
+  def from_config(cls, model_cfg) -> "BytesLMConfig":
+    m = dict(model_cfg)
+    m.pop("name", None)
+    stack = StackConfig.from_config(m.pop("stack"))
+    unknown = sorted(set(m) - {"attention_impl", "dtype"})
+    if unknown:
+      raise ValueError(f"Unknown bytes-LM model config fields {unknown}; valid: ['stack', 'attention_impl', 'dtype'].")
+    return cls(stack, **m)
+
+
+class BytesLM(nn.Module):
+  """bytes [B, S] -> embed -> causal stack -> norm -> logits [B, S, 256]."""
+
+  cfg: BytesLMConfig
+
+  def setup(self):
+    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    self.embed = nn.Embed(VOCAB_SIZE, cfg.stack.d_model, embedding_init=embed_init(), dtype=dtype)
+    self.stack = Stack(cfg.stack, MaskSpec(causal=True, window=cfg.stack.window), cfg.attention_impl, dtype,
+                       mask_by_index=True)
+    self.norm = RMSNorm(cfg.stack.norm_eps, dtype)
+    self.lm_head = nn.Dense(VOCAB_SIZE, use_bias=False, dtype=dtype,
+                            kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")))
+
+  def __call__(self, byte_ids, positions, segment_ids, caches=None):
+    x, caches = self.stack(self.embed(byte_ids), positions=positions, segment_ids=segment_ids, caches=caches)
+    return self.lm_head(self.norm(x)).astype(jnp.float32), caches
+
+  def loss_and_metrics(self, batch):
+    logits, _ = self(batch["bytes"], batch["positions"], batch["segment_ids"])
+    return lm_metrics.next_byte_metrics(logits, batch)

@@ -1,0 +1,293 @@
+"""Hierarchical Autoregressive Transformer (Neitemeier et al. 2025; TFree-HAT 2025).
+
+Reads like the released TFree-HAT figure, top to bottom:
+
+  bytes [B, S] ──embed──> ENCODER (causal, sliding window over the byte stream)      h_enc [B, S, d_enc]
+        │                                                                                   │
+        │      WORD POOL: one learned query cross-attends to each word's bytes               │
+        │                                                 word_emb [B, W, D]                │
+        │      BACKBONE (causal over words, RoPE over word positions)  out [B, W, D]        │
+        │      shift right by one word (learned embedding at a document's first word)       │
+        │                                                 guide [B, W, D] -> per byte       │
+        └──────────────────────────> DECODER: h_enc + per layer (proj(norm(guide)) add,     │
+                                     then causal sliding-window self-attention) ──> logits [B, S, 256]
+
+Byte t of word j is decoded with the backbone output of word j-1, so no byte sees its own word's
+embedding. Because the decoder's only word-level input is a single vector per word, cross-attention
+to it has one key and softmax weight 1; it is exactly a linear map of the normed vector, which is what
+`GuideAdd` computes (as in the released vLLM port).
+
+`variant="paper"` selects the paper's design instead (`PaperHAT`): a bidirectional within-word encoder
+reading `[W] + bytes` and taking the [W] state as the word embedding, and a per-word causal decoder over
+`[p_{j-1}; bytes of word j]` that ends each word by predicting the END_OF_WORD byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from hat_jax.data.splitter import END_OF_WORD, VOCAB_SIZE
+from hat_jax.kernels import MaskSpec
+from hat_jax.models import lm_metrics
+from hat_jax.models.layers import Block, KVCache, RMSNorm, Stack, StackConfig, dense_init, embed_init
+
+HAT_VARIANTS = ("tfree", "paper")
+
+
+@dataclasses.dataclass(frozen=True)
+class HATConfig:
+  encoder: StackConfig
+  backbone: StackConfig
+  decoder: StackConfig
+  max_word_bytes: int
+  variant: str = "tfree"
+  pool_heads: int = 4
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.variant not in HAT_VARIANTS:
+      raise ValueError(f"model.variant must be one of {HAT_VARIANTS}, got {self.variant!r}.")
+    if self.variant == "tfree" and self.encoder.d_model != self.decoder.d_model:
+      raise ValueError(
+          "the tfree HAT decoder starts from the encoder's byte states, so model.encoder.d_model "
+          f"({self.encoder.d_model}) must equal model.decoder.d_model ({self.decoder.d_model}).")
+    if self.backbone.d_model % self.pool_heads:
+      raise ValueError(f"model.backbone.d_model ({self.backbone.d_model}) must be divisible by "
+                       f"model.pool_heads ({self.pool_heads}).")
+
+  @classmethod
+  def from_config(cls, model_cfg, max_word_bytes: int) -> "HATConfig":
+    m = dict(model_cfg)
+    stacks = {name: StackConfig.from_config(m.pop(name)) for name in ("encoder", "backbone", "decoder")}
+    m.pop("name", None)
+    known = {f.name for f in dataclasses.fields(cls)} - set(stacks) - {"max_word_bytes"}
+    unknown = sorted(set(m) - known)
+    if unknown:
+      raise ValueError(f"Unknown HAT model config fields {unknown}; valid: {sorted(known)}.")
+    return cls(**stacks, max_word_bytes=max_word_bytes, **m)
+
+  @property
+  def jnp_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def gather_words(h: jax.Array, word_starts: jax.Array, word_lengths: jax.Array, max_word_bytes: int):
+  """Bytes of each word, padded: h [B, S, ...] -> ([B, W, M, ...], mask [B, W, M])."""
+  offsets = jnp.arange(max_word_bytes)
+  idx = jnp.minimum(word_starts[..., None] + offsets, h.shape[1] - 1)  # [B, W, M]
+  mask = offsets < word_lengths[..., None]
+  b, w, m = idx.shape
+  gathered = jnp.take_along_axis(h, idx.reshape(b, w * m, *([1] * (h.ndim - 2))), axis=1)
+  return gathered.reshape(b, w, m, *h.shape[2:]), mask
+
+
+class WordPool(nn.Module):
+  """Learned-query cross-attention over the bytes of each word: h_enc [B, S, d_enc] -> [B, W, D].
+
+  Words are contiguous byte spans, so the per-word softmax is written with a [B, S, W] membership mask
+  and matmuls over the byte axis: no [W, max_word_bytes] padded gather, and the backward pass is matmuls
+  too (a gather's scatter-add backward is slow on CPU).
+  """
+
+  d_out: int
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h_enc: jax.Array, word_starts: jax.Array, word_lengths: jax.Array) -> jax.Array:
+    head_dim = self.d_out // self.num_heads
+    query = self.param("latent_query", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", "head_dim")),
+                       (self.num_heads, head_dim))
+    kv = nn.DenseGeneral((2, self.num_heads, head_dim), use_bias=False, dtype=self.dtype, name="kv_proj",
+                         kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", None, "heads", "head_dim")))(
+                             RMSNorm(dtype=self.dtype, name="kv_norm")(h_enc))
+    k, v = kv[:, :, 0], kv[:, :, 1]  # [B, S, H, hd]
+    t = jnp.arange(h_enc.shape[1])[None, :, None]
+    member = (t >= word_starts[:, None, :]) & (t < (word_starts + word_lengths)[:, None, :])  # [B, S, W]
+    scores = jnp.einsum("hd,bshd->bsh", query.astype(self.dtype), k).astype(jnp.float32) * head_dim**-0.5
+    masked = jnp.where(member[..., None], scores[:, :, None, :], -jnp.inf)  # [B, S, W, H]
+    word_max = jax.lax.stop_gradient(jnp.max(masked, axis=1, keepdims=True))
+    weights = jnp.exp(masked - jnp.where(jnp.isfinite(word_max), word_max, 0.0))  # 0 outside the word
+    denom = jnp.sum(weights, axis=1)  # [B, W, H]; 0 for padding words, which then pool to zero
+    pooled = jnp.einsum("bswh,bshd->bwhd", weights.astype(self.dtype), v) / jnp.maximum(denom, 1e-30)[..., None]
+    out = nn.DenseGeneral(self.d_out, axis=(-2, -1), use_bias=False, dtype=self.dtype, name="o_proj",
+                          kernel_init=nn.with_logical_partitioning(dense_init(), ("heads", "head_dim", "embed")))(
+                              pooled.astype(self.dtype))
+    return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+class GuideAdd(nn.Module):
+  """Decoder cross-attention to the single predictive word vector: x + W(norm(guide))."""
+
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, guide: jax.Array) -> jax.Array:
+    g = RMSNorm(dtype=self.dtype, name="guide_norm")(guide)
+    return x + nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype, name="proj",
+                        kernel_init=nn.with_logical_partitioning(dense_init(), ("mlp", "embed")))(g)
+
+
+class HAT(nn.Module):
+  """The released (TFree-HAT) design. Methods are the stages; `__call__` runs them all on a batch."""
+
+  cfg: HATConfig
+
+  def setup(self):
+    cfg, dtype = self.cfg, self.cfg.jnp_dtype
+    window = lambda stack: MaskSpec(causal=True, window=stack.window)
+    self.byte_embed = nn.Embed(VOCAB_SIZE, cfg.encoder.d_model, embedding_init=embed_init(), dtype=dtype)
+    self.encoder = Stack(cfg.encoder, window(cfg.encoder), cfg.attention_impl, dtype, mask_by_index=True)
+    self.pool = WordPool(cfg.backbone.d_model, cfg.pool_heads, dtype)
+    self.backbone_stack = Stack(cfg.backbone, window(cfg.backbone), cfg.attention_impl, dtype, mask_by_index=True)
+    self.backbone_norm = RMSNorm(cfg.backbone.norm_eps, dtype)
+    self.first_word = self.param("first_word_embedding",
+                                 nn.with_logical_partitioning(nn.initializers.normal(1.0), ("embed",)),
+                                 (cfg.backbone.d_model,))
+    self.guides = [GuideAdd(dtype) for _ in range(cfg.decoder.num_layers)]
+    self.decoder_blocks = [Block(cfg.decoder, window(cfg.decoder), cfg.attention_impl, dtype, mask_by_index=True)
+                           for _ in range(cfg.decoder.num_layers)]
+    self.final_norm = RMSNorm(cfg.decoder.norm_eps, dtype)
+    self.lm_head = nn.Dense(VOCAB_SIZE, use_bias=False, dtype=dtype,
+                            kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")))
+
+  # -- stages --------------------------------------------------------------------------------------
+  def encode(self, byte_ids, positions, segment_ids, caches=None):
+    """bytes [B, T] -> encoder byte states [B, T, d_enc]."""
+    return self.encoder(self.byte_embed(byte_ids), positions=positions, segment_ids=segment_ids, caches=caches)
+
+  def pool_words(self, h_enc, word_starts, word_lengths):
+    """encoder states [B, S, d_enc] -> word embeddings [B, W, D]."""
+    return self.pool(h_enc, word_starts, word_lengths)
+
+  def backbone(self, word_emb, word_positions, word_segment_ids, caches=None):
+    """word embeddings [B, W, D] -> normed backbone outputs [B, W, D] (the predictions of the next word)."""
+    out, caches = self.backbone_stack(word_emb, positions=word_positions, segment_ids=word_segment_ids, caches=caches)
+    return self.backbone_norm(out), caches
+
+  def first_word_embedding(self):
+    return self.first_word
+
+  def shift_to_next_word(self, out, word_segment_ids):
+    """guide[j] = out[j-1] within a document; the learned first-word embedding at a document's first word."""
+    prev = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
+    same_doc = jnp.concatenate([jnp.zeros_like(word_segment_ids[:, :1], dtype=bool),
+                                word_segment_ids[:, 1:] == word_segment_ids[:, :-1]], axis=1)
+    return jnp.where(same_doc[..., None], prev, self.first_word.astype(out.dtype))
+
+  def decode(self, h_enc, guide, positions, segment_ids, caches=None):
+    """encoder states [B, T, d] + per-byte guide vectors [B, T, D] -> next-byte logits [B, T, 256]."""
+    x, new_caches = h_enc, []
+    for i, (guide_add, block) in enumerate(zip(self.guides, self.decoder_blocks)):
+      x = guide_add(x, guide)
+      x, c = block(x, positions=positions, segment_ids=segment_ids, cache=None if caches is None else caches[i])
+      new_caches.append(c)
+    logits = self.lm_head(self.final_norm(x)).astype(jnp.float32)
+    return logits, (None if caches is None else tuple(new_caches))
+
+  # -- training forward ----------------------------------------------------------------------------
+  def __call__(self, batch):
+    h_enc, _ = self.encode(batch["bytes"], batch["positions"], batch["segment_ids"])
+    word_emb = self.pool_words(h_enc, batch["word_starts"], batch["word_lengths"])
+    out, _ = self.backbone(word_emb, batch["word_positions"], batch["word_segment_ids"])
+    guide_words = self.shift_to_next_word(out, batch["word_segment_ids"])
+    guide = jnp.take_along_axis(guide_words, batch["word_ids"][..., None], axis=1)  # [B, S, D]
+    logits, _ = self.decode(h_enc, guide, batch["positions"], batch["segment_ids"])
+    return logits
+
+  def loss_and_metrics(self, batch):
+    return lm_metrics.next_byte_metrics(self(batch), batch)
+
+
+class PaperHAT(nn.Module):
+  """The paper's design: per-word bidirectional encoder with [W], per-word decoder ending with [W]."""
+
+  cfg: HATConfig
+
+  def setup(self):
+    cfg, dtype = self.cfg, self.cfg.jnp_dtype
+    self.byte_embed = nn.Embed(VOCAB_SIZE, cfg.encoder.d_model, embedding_init=embed_init(), dtype=dtype)
+    self.encoder = Stack(cfg.encoder, MaskSpec(causal=False), cfg.attention_impl, dtype)
+    self.to_backbone = nn.Dense(cfg.backbone.d_model, use_bias=False, dtype=dtype,
+                                kernel_init=nn.with_logical_partitioning(dense_init(), ("mlp", "embed")))
+    self.backbone_stack = Stack(cfg.backbone, MaskSpec(causal=True, window=cfg.backbone.window),
+                                cfg.attention_impl, dtype)
+    self.backbone_norm = RMSNorm(cfg.backbone.norm_eps, dtype)
+    self.to_decoder = nn.Dense(cfg.decoder.d_model, use_bias=False, dtype=dtype,
+                               kernel_init=nn.with_logical_partitioning(dense_init(), ("mlp", "embed")))
+    self.decoder_embed = nn.Embed(VOCAB_SIZE, cfg.decoder.d_model, embedding_init=embed_init(), dtype=dtype)
+    self.decoder = Stack(cfg.decoder, MaskSpec(causal=True), cfg.attention_impl, dtype)
+    self.final_norm = RMSNorm(cfg.decoder.norm_eps, dtype)
+    self.lm_head = nn.Dense(VOCAB_SIZE, use_bias=False, dtype=dtype,
+                            kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")))
+
+  def _per_word(self, x):
+    """[B, W, L, d] -> [B*W, L, d] with arange positions: each word is its own short sequence."""
+    b, w, length = x.shape[:3]
+    return x.reshape(b * w, length, *x.shape[3:]), jnp.broadcast_to(jnp.arange(length), (b * w, length))
+
+  def __call__(self, batch):
+    """Returns (logits [B, W, M+1, 256], targets [B, W, M+1], mask [B, W, M+1])."""
+    m = self.cfg.max_word_bytes
+    byte_ids, byte_mask = gather_words(batch["bytes"], batch["word_starts"], batch["word_lengths"], m)  # [B, W, M]
+    b, w = byte_ids.shape[:2]
+    marker = jnp.full((b, w, 1), END_OF_WORD, byte_ids.dtype)
+    # Encoder: [W] c_1..c_n, bidirectional within the word; its [W] state is the word embedding.
+    enc_in, pos = self._per_word(self.byte_embed(jnp.concatenate([marker, byte_ids], axis=2)))
+    enc_seg = jnp.concatenate([jnp.ones((b, w, 1), bool), byte_mask], axis=2).reshape(b * w, m + 1).astype(jnp.int32)
+    h, _ = self.encoder(enc_in, positions=pos, segment_ids=enc_seg)
+    word_emb = self.to_backbone(h[:, 0].reshape(b, w, -1))
+    out, _ = self.backbone_stack(word_emb, positions=batch["word_positions"], segment_ids=batch["word_segment_ids"])
+    out = self.backbone_norm(out)
+    # Decoder for word j: [p_{j-1}] c_1..c_n  ->  predicts c_1..c_n, [W].
+    prev = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
+    predicted_word = jnp.concatenate([jnp.zeros((b, 1), bool),
+                                      (batch["word_segment_ids"][:, 1:] == batch["word_segment_ids"][:, :-1])
+                                      & (batch["word_segment_ids"][:, 1:] > 0)], axis=1)
+    dec_in = jnp.concatenate([self.to_decoder(prev)[:, :, None], self.decoder_embed(byte_ids)], axis=2)
+    dec_in, pos = self._per_word(dec_in)
+    h, _ = self.decoder(dec_in, positions=pos, segment_ids=jnp.ones((b * w, m + 1), jnp.int32))
+    logits = self.lm_head(self.final_norm(h)).astype(jnp.float32).reshape(b, w, m + 1, VOCAB_SIZE)
+    lengths = batch["word_lengths"][..., None]
+    slot = jnp.arange(m + 1)
+    targets = jnp.where(slot == lengths, END_OF_WORD, jnp.concatenate([byte_ids, marker], axis=2))
+    mask = (slot <= lengths) & predicted_word[..., None]
+    return logits, targets, mask
+
+  def loss_and_metrics(self, batch):
+    logits, targets, mask = self(batch)
+    mask_f = mask.astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    is_byte = targets != END_OF_WORD
+    num_bytes = jnp.maximum(jnp.sum(mask_f * is_byte), 1.0)
+    loss = jnp.sum(ce * mask_f) / jnp.maximum(jnp.sum(mask_f), 1.0)
+    correct = jnp.argmax(logits, -1) == targets
+    byte_mask = mask & is_byte
+    word_ok = jnp.all(correct | ~byte_mask, axis=-1)
+    words = jnp.any(byte_mask, axis=-1)
+    metrics = {
+        "loss": loss,
+        # bits per UTF-8 byte: the [W] predictions cost bits too, but are normalised by bytes (paper L1603).
+        "bits_per_byte": jnp.sum(ce * mask_f) / num_bytes / lm_metrics.LN2,
+        "byte_accuracy": jnp.sum(correct * byte_mask) / num_bytes,
+        "word_accuracy": jnp.sum(word_ok & words) / jnp.maximum(jnp.sum(words), 1),
+    }
+    return loss, metrics
+
+
+def build_hat(cfg: HATConfig) -> nn.Module:
+  return HAT(cfg) if cfg.variant == "tfree" else PaperHAT(cfg)
+
+
+def empty_caches(cfg: HATConfig, batch: int, max_bytes: int, max_words: int) -> dict[str, tuple[KVCache, ...]]:
+  """Preallocated KV caches for the three levels of a tfree HAT."""
+  def stack(s: StackConfig, length: int):
+    return tuple(KVCache.empty(batch, length, s.num_kv_heads, s.head_dim, cfg.jnp_dtype) for _ in range(s.num_layers))
+  return {"encoder": stack(cfg.encoder, max_bytes), "backbone": stack(cfg.backbone, max_words),
+          "decoder": stack(cfg.decoder, max_bytes)}
