@@ -26,14 +26,18 @@ from hat_jax.train.task import Task
 class ToyLM(nn.Module):
   vocab: int
   stack: layers.StackConfig
+  attention: bool = True  # False: a residual SwiGLU only (no DenseGeneral; traceable under a mesh)
 
   @nn.compact
   def __call__(self, tokens):
     x = nn.Embed(self.vocab, self.stack.d_model, embedding_init=layers.embed_init(), name="embed")(tokens)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    x, _ = layers.Stack(self.stack, layers.stack_mask(self.stack), name="stack")(
-        x, positions=positions, segment_ids=jnp.ones_like(tokens))
+    if self.attention:
+      x, _ = layers.Stack(self.stack, layers.stack_mask(self.stack), name="stack")(
+          x, positions=positions, segment_ids=jnp.ones_like(tokens))
+    else:
+      x = x + layers.SwiGLU(self.stack.mlp_dim, name="mlp")(layers.RMSNorm(name="mlp_norm")(x))
     x = layers.RMSNorm(name="final_norm")(x)
     return nn.DenseGeneral(self.vocab, use_bias=False, name="head", kernel_init=nn.with_logical_partitioning(
         layers.dense_init(), ("embed", "vocab")))(x)
@@ -67,7 +71,7 @@ class ToyTask(Task):
     m = config.model
     self.model = ToyLM(m.vocab, layers.StackConfig(
         d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
-        head_dim=m.head_dim, mlp_dim=m.mlp_dim))
+        head_dim=m.head_dim, mlp_dim=m.mlp_dim), attention=m.get("attention", True))
     self.perm = np.random.default_rng(1234).permutation(m.vocab)
 
   def init_params(self, rng):
