@@ -46,4 +46,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       block_decoder=stack(bd, bl, head_dim), token_decoder=stack(td, tl, head_dim), block_len=4,
       prefix_len=2, decoding="prefix", vocab_size=256, attention_impl="xla"))
   config.data = byte_data(seq_len, batch, 8 if arg.size == "tiny" else 256, random_pad=True)
+  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=0.0))
   return config

@@ -14,6 +14,7 @@ SIZES = {
     "tiny": (32, 1, 16, 32, 4, 20, 1e-3),
     "small": (128, 3, 32, 256, 8, 300, 3e-3),
     "xsmall": (64, 3, 32, 256, 8, 300, 3e-3),
+    "xxsmall": (32, 2, 16, 256, 8, 300, 3e-3),
 }
 
 
@@ -29,4 +30,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(decoder=stack(d, layers, head_dim), vocab_size=256,
                                                 attention_impl="xla"))
   config.data = byte_data(seq_len, batch, 8 if arg.size == "tiny" else 256, random_pad=False)
+  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=0.0))
   return config

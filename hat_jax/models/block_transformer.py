@@ -203,9 +203,11 @@ class TokenDecoder(nn.Module):
     self.embed = nn.Embed(cfg.vocab_size + 1, tok.d_model, embedding_init=embed_init(), name="embed")
     n_ctx = cfg.prefix_len if cfg.decoding == "prefix" else cfg.block_len
     # Conv1d(kernel=1) of the paper == a Dense to n_ctx * D_tok, reshaped to n_ctx vectors.
-    self.context_proj = nn.DenseGeneral(
-        (n_ctx, tok.d_model), use_bias=True, name="context_proj",
-        kernel_init=_logical(dense_init(), ("embed", None, None)))
+    d_block = cfg.block_decoder.d_model
+    self.context_kernel = self.param("context_kernel", _logical(dense_init(), ("embed", None, None)),
+                                     (d_block, n_ctx, tok.d_model))
+    self.context_bias = self.param("context_bias", _logical(nn.initializers.zeros, (None, None)),
+                                   (n_ctx, tok.d_model))
     if cfg.decoding == "cross_attention":
       self.layers = [CrossAttentionLayer(tok, cfg.attention_impl, name=f"layer_{i}") for i in range(tok.num_layers)]
     else:
@@ -216,7 +218,7 @@ class TokenDecoder(nn.Module):
 
   def context_vectors(self, context: jax.Array) -> jax.Array:
     """context [B', D_block] -> [B', n_ctx, D_tok] (prefix_len prefix vectors, or L_B vectors)."""
-    return self.context_proj(context)
+    return jnp.einsum("bd,dpe->bpe", context, self.context_kernel) + self.context_bias
 
   def first_inputs(self, ctx_vecs: jax.Array) -> jax.Array:
     """Inputs before the block's first byte: the prefix [P_1..P_p], or the start token <s> (+ ctx_1)."""

@@ -224,6 +224,18 @@ class _ByteTask(Task):
   def units_per_batch(self, batch: Batch) -> int:
     return int(np.sum(batch["loss_mask"]))
 
+  def sample(self, params, rng) -> str:
+    """Continues `config.sample.prompt` by `config.sample.num_bytes` bytes with the jitted engine."""
+    from hat_jax.generate.block_engine import generate
+    from hat_jax.generate.sampling import SamplingConfig
+    s = self.config.sample
+    prompt = np.frombuffer(str(s.get("prompt", "The ")).encode("utf-8"), np.uint8).astype(np.int32)[None]
+    num = int(s.get("num_bytes", 64))
+    num += (-num) % self.block_len if isinstance(self.model, BlockTransformer) else 0
+    sampling = SamplingConfig(float(s.get("temperature", 0.8)), s.get("top_k") or None, s.get("top_p") or None)
+    out = generate(self.model.cfg, params, jnp.asarray(prompt), rng, num_new=num, sampling=sampling)
+    return bytes(np.asarray(out[0], np.uint8)).decode("utf-8", errors="replace")
+
 
 class BlockTransformerTask(_ByteTask):
   def build_model(self, model_cfg):
