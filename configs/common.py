@@ -79,7 +79,7 @@ def train_defaults(**overrides) -> ml_collections.ConfigDict:
       log_every=50,
       eval_every=500,
       checkpoint_every=500,
-      keep_checkpoints=3,
+      keep_checkpoints=3,  # most recent checkpoints kept; 0 keeps all
   ))
   _update(train, overrides, "config.train")
   return train

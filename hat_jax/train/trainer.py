@@ -6,6 +6,16 @@ training rng is `fold_in(fold_in(key(seed), 1), step)`, and the data order is th
 
 Loop shape (nanodo / MaxText): step t is dispatched before the host blocks on step t-1's metrics,
 so the device always has queued work while the host checks for NaN, logs and reads the next batch.
+
+Per run directory (`workdir`): `checkpoints/<step>/{state,data,config}` (see `checkpoint.py`),
+`metrics.jsonl` and `tensorboard/` (process 0 only). Train metrics are window means over
+`log_every` steps plus `<count>_per_sec` for each of `task.throughput_counts`, `steps_per_sec`,
+`tflops_per_sec_per_device` (XLA-counted) and `hfu` on known accelerators; eval metrics are means
+over `task.eval_batches()` except `task.sum_metrics`, which are summed.
+
+Failure handling: a non-finite loss or gradient norm raises FloatingPointError naming the step, and
+no checkpoint is ever written from a state that such an update produced; SIGTERM writes a checkpoint
+at the next step boundary and raises `Preempted` (the CLI exits 143).
 """
 
 from __future__ import annotations
