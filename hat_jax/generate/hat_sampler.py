@@ -75,9 +75,25 @@ class HATSampler:
     def decode(params, h, guide, pos, seg, caches):
       return model.apply(params, h, guide, pos, seg, caches, method=HAT.decode)
 
+    def byte_step(params, new, lens, active, redo, guide_idx, guides, h_hist, enc_caches, dec_caches, width):
+      """Encode the new byte, then re-decode the last `redo` bytes (the new one included) of each sequence,
+      each with the guide `guides[:, guide_idx]`, after rolling the decoder cache back over them."""
+      batch = new.shape[0]
+      h_new, enc_caches = encode(params, new[:, None], (lens - 1)[:, None], active[:, None].astype(jnp.int32),
+                                 enc_caches)
+      h_hist = h_hist.at[jnp.arange(batch), lens - 1].set(h_new[:, 0])
+      chunk_seg = (jnp.arange(width)[None] < redo[:, None]).astype(jnp.int32)
+      chunk_pos = jnp.where(chunk_seg > 0, (lens - redo)[:, None] + jnp.arange(width)[None], 0)
+      h_chunk = jnp.take_along_axis(h_hist, chunk_pos[..., None], axis=1)
+      guide = jnp.take_along_axis(guides, guide_idx[..., None], axis=1)
+      dec_caches = _crop(dec_caches, jnp.maximum(redo - 1, 0))
+      logits, dec_caches = decode(params, h_chunk, guide, chunk_pos, chunk_seg, dec_caches)
+      return logits, h_hist, enc_caches, dec_caches
+
     self._encode = jax.jit(encode)
     self._backbone = jax.jit(backbone_step)
     self._decode = jax.jit(decode)
+    self._byte_step = jax.jit(byte_step, static_argnames="width")
     self._first_word = model.apply(params, method=HAT.first_word_embedding)
 
   def generate(self, prompts: Sequence[bytes], max_new_bytes: int, rng: jax.Array,
@@ -95,7 +111,8 @@ class HATSampler:
     words = [[bytes([BOS]), *splitter.split(bytes(p))] for p in prompts]
     # Prompt words that end with an unfinished UTF-8 character stay "current" like any last word.
     complete = [w[:-1] for w in words]
-    caches = empty_caches(cfg, batch, total, total)
+    # Slack for the widest re-decode chunk: a write that overran the buffer would be clamped, not dropped.
+    caches = empty_caches(cfg, batch, total + cfg.max_word_bytes + 1, total)
     d_enc = cfg.encoder.d_model
 
     # ---- prefill ----
@@ -158,27 +175,21 @@ class HATSampler:
       current_guide = guides[-1]
       for b in np.flatnonzero(active):
         seqs[b].append(int(new[b]))
-      lens = np.array([len(s) for s in seqs])
-      # Encoder: one cached step for the new byte.
-      h_new, caches["encoder"] = self._encode(params, new[:, None].astype(np.int32), (lens - 1)[:, None].astype(np.int32),
-                                              active[:, None].astype(np.int32), caches["encoder"])
-      h_hist = h_hist.at[np.arange(batch), lens - 1].set(h_new[:, 0])
-      # Decoder: bytes after the first finished word were decoded with a stale guide: roll the decoder cache
-      # back over them and decode them again, each with its own word's guide, together with the new byte.
-      redo = np.where(active, np.array([len(w[-1]) if n else 1 for w, n in zip(splits, n_finished)]), 0)
-      redo = np.where(n_finished > 0, np.array([sum(len(x) for x in w[1:]) for w in splits]), redo)
-      width = max(int(redo.max()), 1)
-      chunk_seg = (np.arange(width)[None] < redo[:, None]).astype(np.int32)
-      chunk_pos = np.where(chunk_seg > 0, (lens - redo)[:, None] + np.arange(width)[None], 0).astype(np.int32)
-      guide_idx = np.zeros((batch, width), np.int32)  # which entry of `guides` each re-decoded byte uses
+      lens = np.array([len(s) for s in seqs], np.int32)
+      # Bytes after the first finished word were decoded with a stale guide: the decoder is rolled back
+      # over them and they are decoded again, each with its own word's guide, together with the new byte.
+      redo = np.where(active, 1, 0).astype(np.int32)
+      guide_idx = np.zeros((batch, cfg.max_word_bytes + 1), np.int32)  # index into `guides` per re-decoded byte
       for b in np.flatnonzero(n_finished > 0):
         per_byte = np.repeat(np.arange(1, len(splits[b])), [len(x) for x in splits[b][1:]])
+        redo[b] = len(per_byte)
         guide_idx[b, :len(per_byte)] = per_byte
-      stacked = jnp.stack(guides, axis=1)  # [B, n_finished_max + 1, D]
-      guide = jnp.take_along_axis(stacked, jnp.asarray(guide_idx)[..., None], axis=1)
-      h_chunk = jnp.take_along_axis(h_hist, jnp.asarray(chunk_pos)[..., None], axis=1)
-      caches["decoder"] = _crop(caches["decoder"], jnp.asarray(np.maximum(redo - 1, 0), jnp.int32))
-      logits, caches["decoder"] = self._decode(params, h_chunk, guide, chunk_pos, chunk_seg, caches["decoder"])
+      width = 1 if redo.max() <= 1 else cfg.max_word_bytes + 1  # two compiled shapes only
+      slots = cfg.max_word_bytes + 2  # fixed number of guide slots, so `guides` has one shape
+      stacked = jnp.stack(guides + [guides[-1]] * (slots - len(guides)), axis=1)  # [B, slots, D]
+      logits, h_hist, caches["encoder"], caches["decoder"] = self._byte_step(
+          params, new.astype(np.int32), lens, active, redo, guide_idx[:, :width], stacked, h_hist,
+          caches["encoder"], caches["decoder"], width=width)
       next_logits = logits[np.arange(batch), np.maximum(redo - 1, 0)]
       if record_logits:
         for b in np.flatnonzero(active):

@@ -112,7 +112,11 @@ class KVCache(NamedTuple):
 
   def append(self, k: jax.Array, v: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> "KVCache":
     """Write t new entries per example at its own `length`. Entries with segment id 0 are stored but
-    do not advance `length`, so valid entries must come first within each example's t new ones."""
+    do not advance `length`, so valid entries must come first within each example's t new ones.
+
+    The buffer must have room for all t entries (length + t <= max_len), padding ones included:
+    `dynamic_update_slice` clamps an overrunning start index, which would overwrite earlier entries.
+    """
     def write(buf, new, start):
       return jax.lax.dynamic_update_slice_in_dim(buf, new, start, axis=0)
 

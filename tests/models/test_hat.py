@@ -1,0 +1,157 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hat_jax.data import pipeline
+from hat_jax.data.splitter import BOS, WordSplitter
+from hat_jax.generate.hat_sampler import HATSampler
+from hat_jax.generate.sampling import GREEDY, SamplingConfig
+from hat_jax.models import lm_metrics
+from hat_jax.models.bytes_lm import BytesLM, BytesLMConfig
+from hat_jax.models.hat import HAT, HATConfig, build_hat
+from hat_jax.models.layers import StackConfig
+
+M = 8
+
+
+def stack(d, window=6, layers=1):
+  return StackConfig(d_model=d, num_layers=layers, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=48, window=window)
+
+
+def hat_cfg(variant="tfree"):
+  return HATConfig(stack(32, layers=2), stack(64, None), stack(32, layers=2), M, variant=variant, pool_heads=2)
+
+
+def packed_batch(docs=(b"Hello, world! The cat sat.", "K\u00e4se und Brot.".encode(), b"ok")):
+  rows = pipeline.PackedRows(pipeline.encode_documents(list(docs), WordSplitter(max_word_bytes=M)), 48, 16)
+  return {k: jnp.asarray(v) for k, v in pipeline.eval_batches(rows, 1, 1)[0].items()}
+
+
+def single_doc_batch(full: bytes, words: list[bytes]):
+  lens = [len(w) for w in words]
+  return dict(
+      bytes=jnp.array([list(full)]), positions=jnp.arange(len(full))[None], segment_ids=jnp.ones((1, len(full)), jnp.int32),
+      word_ids=jnp.array([np.repeat(np.arange(len(words)), lens)]), word_starts=jnp.array([np.cumsum([0] + lens)[:-1]]),
+      word_lengths=jnp.array([lens]), word_positions=jnp.arange(len(words))[None],
+      word_segment_ids=jnp.ones((1, len(words)), jnp.int32))
+
+
+@pytest.mark.parametrize("variant", ["tfree", "paper"])
+def test_loss_and_metrics_finite_and_learnable(variant):
+  model, batch = build_hat(hat_cfg(variant)), packed_batch()
+  params = model.init(jax.random.key(0), batch, method=model.loss_and_metrics)
+  loss_fn = lambda p: model.apply(p, batch, method=model.loss_and_metrics)
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  assert np.isfinite(float(loss)) and set(metrics) >= {"bits_per_byte", "word_accuracy", "byte_accuracy"}
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  # a few SGD steps on one batch reduce the loss
+  sgd = jax.jit(lambda p: jax.tree.map(lambda w, g: w - 0.05 * g, p, jax.grad(lambda q: loss_fn(q)[0])(p)))
+  for _ in range(5):
+    params = sgd(params)
+  assert float(loss_fn(params)[0]) < float(loss)
+
+
+def test_logits_shape_and_causality_within_words():
+  model, batch = HAT(hat_cfg()), packed_batch()
+  params = model.init(jax.random.key(0), batch)
+  logits = model.apply(params, batch)
+  assert logits.shape == (1, 48, 256)
+  # Changing bytes after t (keeping the word segmentation) must not change logits at <= t.
+  t = 10
+  changed = dict(batch, bytes=batch["bytes"].at[0, t + 1:].set(ord("q")))
+  np.testing.assert_allclose(model.apply(params, changed)[0, :t + 1], logits[0, :t + 1], atol=1e-5)
+  assert not np.allclose(model.apply(params, changed)[0, t + 1:], logits[0, t + 1:])
+
+
+def test_documents_do_not_leak():
+  model = HAT(hat_cfg())
+  a = packed_batch([b"First document here.", b"Second one."])
+  b = packed_batch([b"Other document here.", b"Second one."])
+  assert (a["segment_ids"] == b["segment_ids"]).all()
+  params = model.init(jax.random.key(0), a)
+  second = np.asarray(a["segment_ids"][0] == 2)
+  np.testing.assert_allclose(model.apply(params, a)[0][second], model.apply(params, b)[0][second], atol=1e-5)
+
+
+def test_word_accuracy_counts_whole_words():
+  # targets: bytes 1..5 of a 6-byte row with words [0], [1,2], [3,4,5]
+  batch = dict(word_ids=jnp.array([[0, 1, 1, 2, 2, 2]]), word_lengths=jnp.array([[1, 2, 3]]),
+               targets=jnp.array([[1, 2, 3, 4, 5, 0]]), loss_mask=jnp.array([[1, 1, 1, 1, 1, 0]], jnp.float32))
+  logits = jax.nn.one_hot(jnp.array([[1, 2, 3, 9, 5, 0]]), 256) * 10  # one wrong byte in word 2
+  _, m = lm_metrics.next_byte_metrics(logits, batch)
+  assert float(m["word_accuracy"]) == pytest.approx(0.5)  # word 1 right, word 2 wrong; word 0 never predicted
+  assert float(m["byte_accuracy"]) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("seed, prompts", [(3, [b"Hello wo", b"caf\xc3", b""]), (5, ["Gr\u00fc\u00df dich".encode()])])
+def test_cached_generation_equals_uncached_forward(seed, prompts):
+  cfg = hat_cfg()
+  model = HAT(cfg)
+  splitter = WordSplitter(max_word_bytes=M)
+  init_bytes = bytes([BOS]) + b"Hello"
+  params = model.init(jax.random.key(0), single_doc_batch(init_bytes, [init_bytes[:1], init_bytes[1:]]))
+  sampler = HATSampler(cfg, params, splitter, max_total_bytes=96)
+  # Sampling random bytes at temperature 1 from an untrained model exercises invalid UTF-8, multi-byte
+  # characters and words finished several bytes late.
+  gens = sampler.generate(prompts, 24, jax.random.key(seed), SamplingConfig(temperature=1.0), record_logits=True,
+                          stop_at_eod=False)
+  for g in gens:
+    full = bytes([BOS]) + g.prompt + g.generated
+    assert b"".join(g.words) == full and len(g.generated) == 24
+    ref = model.apply(params, single_doc_batch(full, g.words))[0, :len(full) - 1]
+    np.testing.assert_allclose(g.logits, ref, atol=1e-4)
+
+
+def test_greedy_generation_is_deterministic_and_batched_equals_single():
+  cfg = hat_cfg()
+  model = HAT(cfg)
+  init_bytes = bytes([BOS]) + b"Hello"
+  params = model.init(jax.random.key(1), single_doc_batch(init_bytes, [init_bytes[:1], init_bytes[1:]]))
+  sampler = HATSampler(cfg, params, WordSplitter(max_word_bytes=M), max_total_bytes=64)
+  both = sampler.generate([b"The cat", b"A dog ran"], 12, jax.random.key(0), GREEDY)
+  alone = sampler.generate([b"A dog ran"], 12, jax.random.key(9), GREEDY)
+  assert both[1].generated == alone[0].generated
+
+
+def test_sampler_rejects_bad_requests():
+  cfg = hat_cfg()
+  params = HAT(cfg).init(jax.random.key(0), packed_batch())
+  with pytest.raises(ValueError, match="max_word_bytes"):
+    HATSampler(cfg, params, WordSplitter(max_word_bytes=M + 1))
+  sampler = HATSampler(cfg, params, WordSplitter(max_word_bytes=M), max_total_bytes=16)
+  with pytest.raises(ValueError, match="exceeds max_total_bytes"):
+    sampler.generate([b"long prompt"], 10, jax.random.key(0))
+  with pytest.raises(ValueError, match="at least one prompt"):
+    sampler.generate([], 10, jax.random.key(0))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(decoder=stack(48)), "must equal model.decoder.d_model"),
+    (dict(variant="megabyte"), "variant"),
+    (dict(pool_heads=3), "divisible"),
+])
+def test_bad_hat_config(change, match):
+  base = dict(encoder=stack(32), backbone=stack(64), decoder=stack(32), max_word_bytes=M, pool_heads=2)
+  with pytest.raises(ValueError, match=match):
+    HATConfig(**(base | change))
+
+
+def test_unknown_config_field_is_an_error():
+  import ml_collections
+  cfg = ml_collections.ConfigDict(dict(encoder=dict(stack(32).__dict__), backbone=dict(stack(64).__dict__),
+                                       decoder=dict(stack(32).__dict__), pool_head=2))
+  with pytest.raises(ValueError, match="Unknown HAT model config fields"):
+    HATConfig.from_config(cfg, M)
+
+
+def test_bytes_baseline_matches_its_cached_sampler():
+  from hat_jax.generate.bytes_sampler import generate_bytes
+  model = BytesLM(BytesLMConfig(stack(32, window=None, layers=2)))
+  batch = packed_batch()
+  params = model.init(jax.random.key(0), batch, method=model.loss_and_metrics)
+  out = generate_bytes(model, params, [b"Hi"], 12, jax.random.key(0), GREEDY, stop_at_eod=False)[0]
+  full = bytes([BOS]) + b"Hi" + out
+  # uncached greedy: each generated byte is the argmax of the full forward at the previous position
+  logits, _ = model.apply(params, jnp.array([list(full)]), jnp.arange(len(full))[None], jnp.ones((1, len(full)), jnp.int32))
+  assert list(out) == np.argmax(np.asarray(logits[0, 2:-1]), -1).tolist()
