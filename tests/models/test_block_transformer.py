@@ -189,3 +189,26 @@ def test_bad_config_errors_from_dicts_and_inputs():
     model.apply(params, jnp.zeros((1, 10), jnp.int32))
   with pytest.raises(ValueError, match="at least 2 blocks"):
     model.apply(params, jnp.zeros((1, L), jnp.int32))
+
+
+# -- tasks and configs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config_module", ["block_transformer", "vanilla_lm"])
+def test_tiny_config_task_loss_and_sample(config_module):
+  import importlib
+
+  from hat_jax.train.block_tasks import TASKS
+  module = importlib.import_module(f"configs.{config_module}")
+  config = module.get_config("tiny")
+  config.sample.num_bytes = 6  # block model rounds up to a whole block
+  task = TASKS[config.task](config)
+  params = task.init_params(jax.random.key(0))
+  batch = next(DocumentWindows([bytes(range(97, 123)) * 4], 2, config.data.seq_len, L, seed=0,
+                               random_pad=config.data.random_pad_first_block))
+  loss, metrics = task.loss(params, batch, None)
+  assert np.isfinite(float(loss)) and float(metrics["target_bytes"]) == task.units_per_batch(batch) > 0
+  text = task.sample(params, jax.random.key(1))
+  assert isinstance(text, str) and len(text.encode("utf-8", errors="surrogateescape")) >= 1
+  with pytest.raises(ValueError, match="Unknown"):
+    module.get_config("huge")
