@@ -34,38 +34,17 @@ MFU = analytic training FLOPs per step * steps/s / (devices * peak FLOP/s per de
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from hat_jax.models.layers import StackConfig as Stack  # the one stack-shape type
 from hat_jax.train import metrics as metrics_lib
 
 ATTENTION_CONVENTIONS = ("causal", "xla")
 BYTE_VOCAB = 256  # hat_jax.data.splitter.VOCAB_SIZE; kept literal so this module imports nothing heavy
-
-
-@dataclasses.dataclass(frozen=True)
-class Stack:
-  """The shape of one transformer stack (fields as in `hat_jax.models.layers.StackConfig`)."""
-
-  d_model: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  mlp_dim: int
-  window: int | None = None
-
-  @classmethod
-  def from_config(cls, cfg: Mapping[str, Any]) -> "Stack":
-    cfg = dict(cfg)
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in cfg and f.name != "window"]
-    if missing:
-      raise ValueError(f"Transformer-stack config lacks {missing} (needed to count FLOPs); got {sorted(cfg)}.")
-    return cls(**{f.name: cfg.get(f.name) for f in dataclasses.fields(cls)})
 
 
 def attention_pairs(seq_len: int, *, causal: bool = True, window: int | None = None,
