@@ -34,7 +34,7 @@ import optax
 from hat_jax.data.splitter import END_OF_WORD, VOCAB_SIZE
 from hat_jax.kernels import MaskSpec
 from hat_jax.models import lm_metrics
-from hat_jax.models.layers import Block, KVCache, RMSNorm, Stack, StackConfig, dense_init, embed_init
+from hat_jax.models.layers import Block, DenseND, KVCache, RMSNorm, Stack, StackConfig, dense_init, embed_init
 
 HAT_VARIANTS = ("tfree", "paper")
 
@@ -104,9 +104,8 @@ class WordPool(nn.Module):
     head_dim = self.d_out // self.num_heads
     query = self.param("latent_query", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", "head_dim")),
                        (self.num_heads, head_dim))
-    kv = nn.DenseGeneral((2, self.num_heads, head_dim), use_bias=False, dtype=self.dtype, name="kv_proj",
-                         kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", None, "heads", "head_dim")))(
-                             RMSNorm(dtype=self.dtype, name="kv_norm")(h_enc))
+    kv = DenseND((2, self.num_heads, head_dim), ("embed", None, "heads", "head_dim"), dtype=self.dtype,
+                 name="kv_proj")(RMSNorm(dtype=self.dtype, name="kv_norm")(h_enc))
     k, v = kv[:, :, 0], kv[:, :, 1]  # [B, S, H, hd]
     t = jnp.arange(h_enc.shape[1])[None, :, None]
     member = (t >= word_starts[:, None, :]) & (t < (word_starts + word_lengths)[:, None, :])  # [B, S, W]
@@ -116,9 +115,8 @@ class WordPool(nn.Module):
     weights = jnp.exp(masked - jnp.where(jnp.isfinite(word_max), word_max, 0.0))  # 0 outside the word
     denom = jnp.sum(weights, axis=1)  # [B, W, H]; 0 for padding words, which then pool to zero
     pooled = jnp.einsum("bswh,bshd->bwhd", weights.astype(self.dtype), v) / jnp.maximum(denom, 1e-30)[..., None]
-    out = nn.DenseGeneral(self.d_out, axis=(-2, -1), use_bias=False, dtype=self.dtype, name="o_proj",
-                          kernel_init=nn.with_logical_partitioning(dense_init(), ("heads", "head_dim", "embed")))(
-                              pooled.astype(self.dtype))
+    out = DenseND((self.d_out,), ("heads", "head_dim", "embed"), in_dims=2, dtype=self.dtype, name="o_proj")(
+        pooled.astype(self.dtype))
     return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
 
@@ -232,30 +230,44 @@ class PaperHAT(nn.Module):
     b, w, length = x.shape[:3]
     return x.reshape(b * w, length, *x.shape[3:]), jnp.broadcast_to(jnp.arange(length), (b * w, length))
 
+  # -- stages --------------------------------------------------------------------------------------
+  def encode_words(self, byte_ids, byte_mask):
+    """Bytes of each word [B, W, M] (+ mask) -> word embeddings [B, W, D]: the [W] state of
+    `[W] c_1..c_n`, encoded bidirectionally within the word."""
+    b, w, m = byte_ids.shape
+    marker = jnp.full((b, w, 1), END_OF_WORD, byte_ids.dtype)
+    enc_in, pos = self._per_word(self.byte_embed(jnp.concatenate([marker, byte_ids], axis=2)))
+    enc_seg = jnp.concatenate([jnp.ones((b, w, 1), bool), byte_mask], axis=2).reshape(b * w, m + 1).astype(jnp.int32)
+    h, _ = self.encoder(enc_in, positions=pos, segment_ids=enc_seg)
+    return self.to_backbone(h[:, 0].reshape(b, w, -1))
+
+  def backbone(self, word_emb, word_positions, word_segment_ids, caches=None):
+    out, caches = self.backbone_stack(word_emb, positions=word_positions, segment_ids=word_segment_ids, caches=caches)
+    return self.backbone_norm(out), caches
+
+  def decode_words(self, prev, byte_ids):
+    """Predictive vectors [B, W, D] + bytes [B, W, M] -> logits [B, W, M+1, 256] for `c_1..c_M, [W]`
+    from the inputs `[p_{j-1}] c_1..c_M` (causal within the word)."""
+    b, w, m = byte_ids.shape
+    dec_in = jnp.concatenate([self.to_decoder(prev)[:, :, None], self.decoder_embed(byte_ids)], axis=2)
+    dec_in, pos = self._per_word(dec_in)
+    h, _ = self.decoder(dec_in, positions=pos, segment_ids=jnp.ones((b * w, m + 1), jnp.int32))
+    return self.lm_head(self.final_norm(h)).astype(jnp.float32).reshape(b, w, m + 1, VOCAB_SIZE)
+
   def __call__(self, batch):
     """Returns (logits [B, W, M+1, 256], targets [B, W, M+1], mask [B, W, M+1])."""
     m = self.cfg.max_word_bytes
     byte_ids, byte_mask = gather_words(batch["bytes"], batch["word_starts"], batch["word_lengths"], m)  # [B, W, M]
-    b, w = byte_ids.shape[:2]
-    marker = jnp.full((b, w, 1), END_OF_WORD, byte_ids.dtype)
-    # Encoder: [W] c_1..c_n, bidirectional within the word; its [W] state is the word embedding.
-    enc_in, pos = self._per_word(self.byte_embed(jnp.concatenate([marker, byte_ids], axis=2)))
-    enc_seg = jnp.concatenate([jnp.ones((b, w, 1), bool), byte_mask], axis=2).reshape(b * w, m + 1).astype(jnp.int32)
-    h, _ = self.encoder(enc_in, positions=pos, segment_ids=enc_seg)
-    word_emb = self.to_backbone(h[:, 0].reshape(b, w, -1))
-    out, _ = self.backbone_stack(word_emb, positions=batch["word_positions"], segment_ids=batch["word_segment_ids"])
-    out = self.backbone_norm(out)
-    # Decoder for word j: [p_{j-1}] c_1..c_n  ->  predicts c_1..c_n, [W].
+    b = byte_ids.shape[0]
+    out, _ = self.backbone(self.encode_words(byte_ids, byte_mask), batch["word_positions"], batch["word_segment_ids"])
     prev = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
     predicted_word = jnp.concatenate([jnp.zeros((b, 1), bool),
                                       (batch["word_segment_ids"][:, 1:] == batch["word_segment_ids"][:, :-1])
                                       & (batch["word_segment_ids"][:, 1:] > 0)], axis=1)
-    dec_in = jnp.concatenate([self.to_decoder(prev)[:, :, None], self.decoder_embed(byte_ids)], axis=2)
-    dec_in, pos = self._per_word(dec_in)
-    h, _ = self.decoder(dec_in, positions=pos, segment_ids=jnp.ones((b * w, m + 1), jnp.int32))
-    logits = self.lm_head(self.final_norm(h)).astype(jnp.float32).reshape(b, w, m + 1, VOCAB_SIZE)
+    logits = self.decode_words(prev, byte_ids)
     lengths = batch["word_lengths"][..., None]
     slot = jnp.arange(m + 1)
+    marker = jnp.full(byte_ids.shape[:2] + (1,), END_OF_WORD, byte_ids.dtype)
     targets = jnp.where(slot == lengths, END_OF_WORD, jnp.concatenate([byte_ids, marker], axis=2))
     mask = (slot <= lengths) & predicted_word[..., None]
     return logits, targets, mask

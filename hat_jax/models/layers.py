@@ -63,6 +63,32 @@ def dense_init(scale: float = 1.0):
   return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
 
 
+class DenseND(nn.Module):
+  """x [..., *in_shape] -> [..., *out_shape] with one kernel [*in_shape, *out_shape] and logical names
+  `axes` for its dims. An explicit param + tensordot rather than nn.DenseGeneral: flax 0.12's
+  DenseGeneral initialises multi-dim kernels at a flattened rank-2 shape, which breaks their rank-3
+  logical constraints under a mesh."""
+
+  out_shape: tuple[int, ...]
+  axes: tuple[str | None, ...]
+  in_dims: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_shape = x.shape[x.ndim - self.in_dims:]
+    n_in, n_out = self.in_dims, len(self.out_shape)
+    if len(self.axes) != n_in + n_out:
+      raise ValueError(f"DenseND needs {n_in + n_out} logical axis names for kernel {in_shape + tuple(self.out_shape)}, "
+                       f"got {self.axes}.")
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=tuple(range(n_in)),
+                                            out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), in_shape + tuple(self.out_shape),
+                        self.param_dtype)
+    return jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
+
+
 class RMSNorm(nn.Module):
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
@@ -163,15 +189,11 @@ class Attention(nn.Module):
       cache: KVCache | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     source = x if x_kv is None else x_kv
-    q = nn.DenseGeneral((self.num_heads, self.head_dim), use_bias=False, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="q_proj",
-                        kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "heads", "head_dim")))(x)
-    k = nn.DenseGeneral((self.num_kv_heads, self.head_dim), use_bias=False, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="k_proj",
-                        kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "kv_heads", "head_dim")))(source)
-    v = nn.DenseGeneral((self.num_kv_heads, self.head_dim), use_bias=False, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="v_proj",
-                        kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "kv_heads", "head_dim")))(source)
+    def proj(heads, axes, name, inp):
+      return DenseND((heads, self.head_dim), axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(inp)
+    q = proj(self.num_heads, ("embed", "heads", "head_dim"), "q_proj", x)
+    k = proj(self.num_kv_heads, ("embed", "kv_heads", "head_dim"), "k_proj", source)
+    v = proj(self.num_kv_heads, ("embed", "kv_heads", "head_dim"), "v_proj", source)
     if self.qk_norm:
       q = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="q_norm")(q)
       k = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="k_norm")(k)
@@ -192,10 +214,8 @@ class Attention(nn.Module):
     out = attention(q, k, v, self.mask, impl=self.attention_impl,
                     q_positions=None if by_index else positions, kv_positions=None if by_index else kv_positions,
                     q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)
-    out = nn.DenseGeneral(
-        self.out_features or x.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
-        param_dtype=self.param_dtype, name="o_proj",
-        kernel_init=nn.with_logical_partitioning(dense_init(), ("heads", "head_dim", "embed")))(out)
+    out = DenseND((self.out_features or x.shape[-1],), ("heads", "head_dim", "embed"), in_dims=2, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="o_proj")(out)
     return out, cache
 
 
