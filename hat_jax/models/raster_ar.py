@@ -1,0 +1,94 @@
+"""Raster-order autoregressive baseline: a class-conditional decoder-only transformer over a flat token
+sequence, one token per sequential step.
+
+  position 0      class_emb(label)                       (predicts token 0)
+  position t > 0  token_emb(token t - 1)                 (predicts token t)
+  blocks          layers.Stack, causal, RoPE             logits [B, N, V]
+
+The sequence is either the VAR tokenizer's multi-scale tokens flattened coarse to fine in row-major
+order (the same tokens VAR models, so the NLLs are directly comparable) or raw pixels (V = 256).
+Sampling decodes N tokens with explicit KV caches and constant classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hat_jax.kernels import MaskSpec
+from hat_jax.models.layers import KVCache, RMSNorm, Stack, StackConfig, dense_init
+from hat_jax.models.var import guided_logits, sample_top_k_top_p, small_normal
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterARConfig:
+  stack: StackConfig
+  seq_len: int  # N tokens per image
+  vocab_size: int
+  num_classes: int = 10  # class `num_classes` is the null class used for CFG
+
+
+class RasterAR(nn.Module):
+  cfg: RasterARConfig
+  attention_impl: str = "xla"
+
+  def setup(self):
+    cfg, d = self.cfg, self.cfg.stack.d_model
+    self.token_emb = nn.Embed(cfg.vocab_size, d, embedding_init=small_normal(d, ("vocab", "embed")))
+    self.class_emb = nn.Embed(cfg.num_classes + 1, d, embedding_init=small_normal(d, ("vocab", "embed")))
+    self.stack = Stack(cfg.stack, MaskSpec(causal=True), self.attention_impl)
+    self.final_norm = RMSNorm(cfg.stack.norm_eps)
+    self.head = nn.Dense(cfg.vocab_size, kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")),
+                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))
+
+  def _run(self, h, positions, caches):
+    h, caches = self.stack(h, positions=positions, segment_ids=jnp.ones(h.shape[:2], jnp.int32), caches=caches)
+    return self.head(self.final_norm(h)), caches
+
+  def __call__(self, labels, tokens):
+    """Teacher forcing. labels [B], tokens [B, N] -> logits [B, N, V] (logits[:, t] predicts tokens[:, t])."""
+    n = self.cfg.seq_len
+    if tokens.ndim != 2 or tokens.shape[1] != n or labels.shape != tokens.shape[:1]:
+      raise ValueError(f"Expected labels [batch] and tokens [batch, {n}], got {labels.shape} and {tokens.shape}.")
+    h = jnp.concatenate([self.class_emb(labels)[:, None], self.token_emb(tokens[:, :-1])], axis=1)
+    positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), tokens.shape)
+    return self._run(h, positions, None)[0]
+
+  def step(self, labels, prev_token, t, caches):
+    """One decoding step at position t (traced int). prev_token [B] (ignored at t = 0) -> logits [B, V], caches."""
+    h = jnp.where(t == 0, self.class_emb(labels), self.token_emb(prev_token))[:, None]
+    positions = jnp.full((labels.shape[0], 1), t, jnp.int32)
+    logits, caches = self._run(h, positions, caches)
+    return logits[:, 0], caches
+
+  def empty_caches(self, batch: int):
+    s = self.cfg.stack
+    return tuple(KVCache.empty(batch, self.cfg.seq_len, s.num_kv_heads, s.head_dim) for _ in range(s.num_layers))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cfg_scale", "top_k", "top_p", "temperature"))
+def sample(model: RasterAR, params, labels: jax.Array, rng: jax.Array, *, cfg_scale: float = 0.0, top_k: int = 0,
+           top_p: float = 1.0, temperature: float = 1.0) -> jax.Array:
+  """N sequential cached steps. labels [B] -> tokens [B, N]. cfg_scale > 0 doubles the batch for CFG."""
+  cfg = model.cfg
+  batch = labels.shape[0]
+  guided = cfg_scale > 0
+  both = jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)]) if guided else labels
+  caches = model.empty_caches(both.shape[0])
+
+  def body(t, carry):
+    tokens, prev, caches = carry
+    logits, caches = model.apply(params, both, prev, t, caches, method=RasterAR.step)
+    if guided:
+      logits = guided_logits(logits, cfg_scale)
+    tok = sample_top_k_top_p(jax.random.fold_in(rng, t), logits, top_k=top_k, top_p=top_p, temperature=temperature)
+    tokens = jax.lax.dynamic_update_index_in_dim(tokens, tok, t, 1)
+    prev = jnp.concatenate([tok, tok]) if guided else tok
+    return tokens, prev, caches
+
+  init = (jnp.zeros((batch, cfg.seq_len), jnp.int32), jnp.zeros((both.shape[0],), jnp.int32), caches)
+  return jax.lax.fori_loop(0, cfg.seq_len, body, init)[0]

@@ -1,0 +1,242 @@
+"""VAR: next-scale prediction over the multi-scale VQ tokens of `hat_jax.models.vqvae`.
+
+Reads like VAR's Figure 4:
+
+  position 0          sos = class_emb(label) + pos_start                     (predicts scale 1)
+  positions of k+1    word_embed(area_down(f_hat_{<=k}, pn_{k+1}))            (predicts scale k+1)
+  every position      + lvl_embed(scale id) + pos_embed(position)
+  blocks              AdaLN(class) -> GQA attention, block-causal over scales -> AdaLN -> SwiGLU
+  head                AdaLN(class) -> Dense(V)                               logits [B, L, V]
+
+Block-causal attention is `MaskSpec(causal=True)` with the scale id as the position, so a token sees
+all tokens of its own and coarser scales; `attention_impl` picks the kernel. Sampling runs one forward
+pass per scale with explicit KV caches (the cache grows by pn^2 per step) and classifier-free guidance
+that ramps linearly from 0 at the first scale to `cfg_scale` at the last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hat_jax.kernels import MaskSpec
+from hat_jax.models.layers import Attention, KVCache, StackConfig, SwiGLU, dense_init
+from hat_jax.models.vqvae import MultiScaleVQVAE
+
+BLOCK_CAUSAL = MaskSpec(causal=True)  # with scale ids as positions
+
+
+@dataclasses.dataclass(frozen=True)
+class VARConfig:
+  stack: StackConfig
+  scales: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+  vocab_size: int = 256
+  z_channels: int = 16  # Cvae: width of the f_hat-derived inputs
+  num_classes: int = 10  # class `num_classes` is the null class used for CFG
+
+  def __post_init__(self):
+    object.__setattr__(self, "scales", tuple(self.scales))
+
+  @property
+  def seq_len(self) -> int:
+    return sum(pn * pn for pn in self.scales)
+
+  @property
+  def scale_ids(self) -> jax.Array:
+    """[L] scale index of every position."""
+    return jnp.concatenate([jnp.full((pn * pn,), k, jnp.int32) for k, pn in enumerate(self.scales)])
+
+  def scale_slice(self, k: int) -> slice:
+    start = sum(pn * pn for pn in self.scales[:k])
+    return slice(start, start + self.scales[k] ** 2)
+
+
+def small_normal(d_model: int, axes):
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=math.sqrt(1.0 / (3 * d_model))), axes)
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """LayerNorm without affine parameters (AdaLN supplies scale and shift); float32 statistics."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean((x32 - mean) ** 2, axis=-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class AdaLin(nn.Module):
+  """SiLU -> Dense(num * D) on the class embedding [B, D] -> `num` vectors [B, 1, D]. Zero kernel; the
+  first `identity_gates` vectors start at 1 (residual gates), the rest at 0 (scales, shifts)."""
+
+  num: int
+  identity_gates: int = 0
+
+  @nn.compact
+  def __call__(self, cond: jax.Array) -> list[jax.Array]:
+    d, num, gates = cond.shape[-1], self.num, self.identity_gates
+
+    def bias_init(key, shape, dtype=jnp.float32):
+      return jnp.concatenate([jnp.ones((gates * d,), dtype), jnp.zeros(((num - gates) * d,), dtype)])
+
+    out = nn.Dense(num * d, kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "mlp")),
+                   bias_init=nn.with_logical_partitioning(bias_init, ("mlp",)))(nn.silu(cond))
+    return jnp.split(out[:, None, :], num, axis=-1)
+
+
+class AdaLNBlock(nn.Module):
+  """x += g1 * attn(LN(x)(1 + s1) + b1); x += g2 * mlp(LN(x)(1 + s2) + b2), with (g, s, b) from the class."""
+
+  cfg: StackConfig
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, cond, *, positions, segment_ids, cache: KVCache | None = None):
+    # x [B, T, D]; cond [B, D]; positions = scale ids [B, T]
+    cfg = self.cfg
+    g1, g2, s1, s2, b1, b2 = AdaLin(6, identity_gates=2, name="ada_lin")(cond)
+    attn_out, cache = Attention(
+        cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, mask=BLOCK_CAUSAL, rope_theta=None, qk_norm=cfg.qk_norm,
+        attention_impl=self.attention_impl, name="attn")(
+            layer_norm(x) * (1 + s1) + b1, positions=positions, segment_ids=segment_ids, cache=cache)
+    x = x + g1 * attn_out
+    x = x + g2 * SwiGLU(cfg.mlp_dim, name="mlp")(layer_norm(x) * (1 + s2) + b2)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
+
+
+class VAR(nn.Module):
+  cfg: VARConfig
+  attention_impl: str = "xla"
+
+  def setup(self):
+    cfg, d = self.cfg, self.cfg.stack.d_model
+    self.class_emb = nn.Embed(cfg.num_classes + 1, d, embedding_init=small_normal(d, ("vocab", "embed")))
+    self.pos_start = self.param("pos_start", small_normal(d, (None, "embed")), (1, d))
+    self.word_embed = nn.Dense(d, kernel_init=nn.with_logical_partitioning(dense_init(), (None, "embed")),
+                               bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    self.lvl_embed = nn.Embed(len(cfg.scales), d, embedding_init=small_normal(d, (None, "embed")))
+    self.pos_embed = self.param("pos_embed", small_normal(d, ("length", "embed")), (cfg.seq_len, d))
+    self.blocks = [AdaLNBlock(cfg.stack, self.attention_impl, name=f"layer_{i}") for i in range(cfg.stack.num_layers)]
+    self.head_ada = AdaLin(2)
+    self.head = nn.Dense(cfg.vocab_size, kernel_init=nn.with_logical_partitioning(dense_init(0.02), ("embed", "vocab")),
+                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))
+
+  def _check_labels(self, labels):
+    if labels.ndim != 1:
+      raise ValueError(f"labels must be [batch] class ids in [0, {self.cfg.num_classes}], got shape {labels.shape}.")
+
+  def _run(self, labels, x_in, first_scale: int, num_scales: int, caches):
+    """Embed scales [first_scale, first_scale + num_scales) and run the blocks.
+
+    labels [B]; x_in [B, T', Cvae] f_hat-derived inputs of those scales (without the sos position).
+    Returns logits [B, T, V] and the updated caches.
+    """
+    cfg = self.cfg
+    self._check_labels(labels)
+    cond = self.class_emb(labels)  # [B, D]
+    parts = []
+    if first_scale == 0:
+      parts.append((cond + self.pos_start)[:, None, :])  # sos
+    if x_in is not None:
+      parts.append(self.word_embed(x_in))
+    h = jnp.concatenate(parts, axis=1)
+    span = slice(cfg.scale_slice(first_scale).start, cfg.scale_slice(first_scale + num_scales - 1).stop)
+    if h.shape[1] != span.stop - span.start:
+      raise ValueError(f"VAR inputs for scales {cfg.scales[first_scale:first_scale + num_scales]} must have "
+                       f"{span.stop - span.start} positions (sos + f_hat inputs), got {h.shape[1]}.")
+    scale_ids = jnp.broadcast_to(cfg.scale_ids[span], h.shape[:2])
+    h = h + self.lvl_embed(scale_ids) + self.pos_embed[span]
+    segment_ids = jnp.ones(h.shape[:2], jnp.int32)
+    new_caches = []
+    for i, block in enumerate(self.blocks):
+      h, c = block(h, cond, positions=scale_ids, segment_ids=segment_ids, cache=None if caches is None else caches[i])
+      new_caches.append(c)
+    scale, shift = self.head_ada(cond)
+    logits = self.head(layer_norm(h) * (1 + scale) + shift)
+    return logits, (None if caches is None else tuple(new_caches))
+
+  def __call__(self, labels, x_in):
+    """Teacher forcing. labels [B]; x_in [B, L - 1, Cvae] (MultiScaleVQVAE.var_inputs) -> logits [B, L, V]."""
+    return self._run(labels, x_in, 0, len(self.cfg.scales), None)[0]
+
+  def step(self, labels, x_k, k: int, caches):
+    """One scale with KV caches. x_k [B, pn_k^2, Cvae] (None for k = 0) -> logits [B, pn_k^2, V], caches."""
+    return self._run(labels, x_k, k, 1, caches)
+
+  def empty_caches(self, batch: int) -> tuple[KVCache, ...]:
+    s = self.cfg.stack
+    return tuple(KVCache.empty(batch, self.cfg.seq_len, s.num_kv_heads, s.head_dim) for _ in range(s.num_layers))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loss and sampling
+
+
+def drop_labels(rng: jax.Array, labels: jax.Array, drop_rate: float, null_class: int) -> jax.Array:
+  """Replace each label by the null class with probability `drop_rate` (trains the CFG unconditional model)."""
+  return jnp.where(jax.random.uniform(rng, labels.shape) < drop_rate, null_class, labels)
+
+
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-token negative log-likelihood in nats; logits [..., V], targets [...]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def sample_top_k_top_p(rng: jax.Array, logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0,
+                       temperature: float = 1.0) -> jax.Array:
+  """Sample ids from logits [..., V] after temperature, top-k (0 = off) and top-p (1.0 = off) truncation."""
+  logits = logits.astype(jnp.float32) / max(temperature, 1e-6)
+  vocab = logits.shape[-1]
+  if 0 < top_k < vocab:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+    cutoff_idx = jnp.sum(cum - jax.nn.softmax(sorted_logits, axis=-1) < top_p, axis=-1, keepdims=True) - 1
+    cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def cfg_ramp(cfg_scale: float, k: int, num_scales: int) -> float:
+  """Guidance at scale k: 0 at the first scale, `cfg_scale` at the last (VAR's linear ramp)."""
+  return cfg_scale * k / max(num_scales - 1, 1)
+
+
+def guided_logits(logits: jax.Array, guidance: float) -> jax.Array:
+  """logits [2B, ...] = [cond; uncond] -> (1 + t) cond - t uncond, [B, ...]."""
+  cond, uncond = jnp.split(logits, 2, axis=0)
+  return (1.0 + guidance) * cond - guidance * uncond
+
+
+@functools.partial(jax.jit, static_argnames=("var", "vq", "cfg_scale", "top_k", "top_p", "temperature"))
+def sample(var: VAR, var_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
+           cfg_scale: float = 2.0, top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0):
+  """Class-conditional next-scale sampling: K forward passes with KV caches.
+
+  labels [B] -> (images uint8 [B, H, W, C], tokens [B, L]). The batch is doubled internally
+  ([labels; null]) for classifier-free guidance ramped linearly over scales.
+  """
+  cfg = var.cfg
+  batch = labels.shape[0]
+  both = jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)])
+  caches = var.empty_caches(2 * batch)
+  side = cfg.scales[-1]
+  f_hat = jnp.zeros((batch, side, side, cfg.z_channels), jnp.float32)
+  x_k, tokens = None, []
+  for k, pn in enumerate(cfg.scales):
+    logits, caches = var.apply(var_params, both, x_k, k, caches, method=VAR.step)  # [2B, pn^2, V]
+    logits = guided_logits(logits, cfg_ramp(cfg_scale, k, len(cfg.scales)))
+    idx = sample_top_k_top_p(jax.random.fold_in(rng, k), logits, top_k=top_k, top_p=top_p, temperature=temperature)
+    tokens.append(idx)
+    f_hat, nxt = vq.apply(vq_params, f_hat, idx.reshape(batch, pn, pn), k, method=MultiScaleVQVAE.next_input)
+    if nxt is not None:
+      x_k = jnp.concatenate([nxt, nxt], axis=0)
+  images = vq.apply(vq_params, f_hat, method=MultiScaleVQVAE.fhat_to_images)
+  return images, jnp.concatenate(tokens, axis=1)

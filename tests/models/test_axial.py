@@ -1,0 +1,77 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hat_jax.models import axial as axial_lib
+from hat_jax.models.axial import AxialConfig, AxialTransformer, shift_down, shift_right
+
+CFG = AxialConfig(image_size=6, d_model=16, num_heads=2, head_dim=8, mlp_dim=32, num_outer_layers=1,
+                  num_inner_layers=1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = AxialTransformer(CFG)
+  images = np.random.default_rng(0).integers(0, 256, (2, 6, 6), dtype=np.uint8)
+  labels = jnp.array([1, 4])
+  return model, model.init(jax.random.key(0), images, labels), images, labels
+
+
+def test_shifts():
+  x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+  assert shift_down(x)[0, :, :, 0].tolist() == [[0, 0, 0], [0, 1, 2], [3, 4, 5]]
+  assert shift_right(x)[0, :, :, 0].tolist() == [[0, 0, 1], [0, 3, 4], [0, 6, 7]]
+
+
+def test_raster_order_receptive_field(setup):
+  """Logits at (i, j) depend exactly on the pixels before (i, j) in raster order."""
+  model, params, images, labels = setup
+  logits = model.apply(params, images, labels)
+  assert logits.shape == (2, 6, 6, 256)
+  for (i, j) in [(0, 0), (2, 3), (3, 5), (5, 5)]:
+    changed = images.copy()
+    changed[0, i, j] = (int(changed[0, i, j]) + 101) % 256
+    diff = np.abs(np.asarray(model.apply(params, changed, labels) - logits)).max(-1)
+    flat = diff[0].reshape(-1)
+    pos = i * 6 + j
+    assert (flat[:pos + 1] == 0).all(), (i, j)
+    if pos + 1 < 36:
+      assert flat[pos + 1] > 1e-6  # the next pixel in raster order sees it
+    assert (diff[1] == 0).all()  # other examples are untouched
+
+
+def test_bits_per_dim_of_uniform_model_is_8():
+  pixels = jnp.zeros((2, 4, 4), jnp.int32)
+  assert float(axial_lib.bits_per_dim(jnp.zeros((2, 4, 4, 256)), pixels)) == pytest.approx(8.0)
+
+
+def test_semi_parallel_sample(setup):
+  model, params, _, _ = setup
+  out = axial_lib.sample(model, params, jnp.array([0, 9, 3]), jax.random.key(1), top_k=16)
+  assert out.shape == (3, 6, 6, 1) and out.dtype == jnp.uint8
+
+
+def test_sample_matches_model_distribution_with_top_k_1(setup):
+  """Greedy sampling (top_k=1) must equal the argmax of the full model's logits at every pixel."""
+  model, params, _, labels = setup
+  out = np.asarray(axial_lib.sample(model, params, labels, jax.random.key(1), top_k=1))[..., 0]
+  logits = model.apply(params, out, labels)
+  np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), out)
+
+
+def test_pallas_axial_kernel_matches_xla(setup):
+  _, params, images, labels = setup
+  xla = AxialTransformer(CFG, attention_impl="xla").apply(params, images, labels)
+  pallas = AxialTransformer(CFG, attention_impl="pallas").apply(params, images, labels)
+  np.testing.assert_allclose(pallas, xla, atol=2e-4)
+
+
+def test_bad_inputs_give_clear_errors(setup):
+  model, params, _, labels = setup
+  with pytest.raises(ValueError, match=r"Expected images of shape \[batch, 6, 6, 1\]"):
+    model.apply(params, np.zeros((2, 8, 8), np.uint8), labels)
+  with pytest.raises(ValueError, match="channel"):
+    model.apply(params, np.zeros((2, 6, 6, 3), np.uint8), labels)
+  with pytest.raises(ValueError, match="single-channel"):
+    AxialConfig(channels=3)

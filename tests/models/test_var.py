@@ -1,0 +1,104 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hat_jax.kernels import dense_mask
+from hat_jax.models import var as var_lib
+from hat_jax.models.layers import StackConfig
+from hat_jax.models.var import BLOCK_CAUSAL, VAR, VARConfig, cfg_ramp, guided_logits, sample_top_k_top_p
+from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig
+
+VQ = VQConfig(image_size=8, channels=1, ch=8, ch_mult=(1, 2), z_channels=4, vocab_size=16, scales=(1, 2, 4))
+STACK = StackConfig(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64, qk_norm=True)
+CFG = VARConfig(STACK, scales=VQ.scales, vocab_size=VQ.vocab_size, z_channels=VQ.z_channels, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  vq = MultiScaleVQVAE(VQ)
+  images = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
+  vq_params = vq.init(jax.random.key(0), images)
+  tokens = vq.apply(vq_params, images, method=MultiScaleVQVAE.encode)
+  x_in = vq.apply(vq_params, tokens, method=MultiScaleVQVAE.var_inputs)
+  model = VAR(CFG)
+  labels = jnp.array([3, 7])
+  params = model.init(jax.random.key(1), labels, x_in)
+  return vq, vq_params, model, params, labels, x_in
+
+
+def test_block_causal_mask_over_scales():
+  ids = CFG.scale_ids[None]  # [1, 21]: 1 x scale 0, 4 x scale 1, 16 x scale 2
+  m = np.asarray(dense_mask(BLOCK_CAUSAL, ids, ids)[0])
+  assert m[0].tolist() == [True] + [False] * 20
+  assert m[1].tolist() == m[4].tolist() == [True] * 5 + [False] * 16  # whole own scale, bidirectional
+  assert m[5:].all()
+
+
+def test_logits_respect_block_causality(setup):
+  _, _, model, params, labels, x_in = setup
+  logits = model.apply(params, labels, x_in)
+  assert logits.shape == (2, CFG.seq_len, VQ.vocab_size)
+  # Perturb the input of the last position of scale 1 (sequence position 4 = x_in[:, 3]).
+  changed = model.apply(params, labels, x_in.at[:, 3].add(1.0))
+  diff = np.abs(np.asarray(changed - logits)).max(axis=(0, 2))
+  assert (diff[:1] == 0).all()  # scale 0 does not see scale 1
+  assert (diff[1:5] > 1e-6).all()  # every position of scale 1 sees it (within-scale attention)
+  assert (diff[5:] > 1e-6).all()
+
+
+def test_cached_equals_uncached_logits(setup):
+  _, _, model, params, labels, x_in = setup
+  full = model.apply(params, labels, x_in)
+  caches, outs = model.empty_caches(2), []
+  for k in range(len(CFG.scales)):
+    span = CFG.scale_slice(k)
+    x_k = None if k == 0 else x_in[:, span.start - 1:span.stop - 1]
+    out, caches = model.apply(params, labels, x_k, k, caches, method=VAR.step)
+    outs.append(out)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5)
+  assert caches[0].length.tolist() == [CFG.seq_len] * 2
+
+
+def test_cfg_ramp_and_guided_shapes():
+  assert cfg_ramp(2.0, 0, 6) == 0.0 and cfg_ramp(2.0, 5, 6) == 2.0 and cfg_ramp(2.0, 1, 6) == pytest.approx(0.4)
+  cond, uncond = jnp.ones((3, 4, 16)), jnp.zeros((3, 4, 16))
+  g = guided_logits(jnp.concatenate([cond, uncond]), 1.5)
+  assert g.shape == (3, 4, 16)
+  np.testing.assert_allclose(g, 2.5)
+
+
+def test_sample_shapes_and_cfg(setup):
+  vq, vq_params, model, params, _, _ = setup
+  labels = jnp.array([0, 1, 2])
+  images, tokens = var_lib.sample(model, params, vq, vq_params, labels, jax.random.key(2), cfg_scale=2.0,
+                                  top_k=8, top_p=0.9)
+  assert images.shape == (3, 8, 8, 1) and images.dtype == jnp.uint8
+  assert tokens.shape == (3, CFG.seq_len) and int(tokens.max()) < VQ.vocab_size
+  # The images are the decoding of the sampled tokens.
+  np.testing.assert_array_equal(images, vq.apply(vq_params, tokens, method=MultiScaleVQVAE.decode))
+
+
+def test_top_k_top_p_truncation():
+  logits = jnp.array([[0.0, 3.0, 1.0, 2.9]] * 64)
+  keys = jax.random.split(jax.random.key(0), 2)
+  assert set(np.asarray(sample_top_k_top_p(keys[0], logits, top_k=1)).ravel()) == {1}
+  assert set(np.asarray(sample_top_k_top_p(keys[1], logits, top_p=0.3)).ravel()) == {1}
+  both = np.asarray(sample_top_k_top_p(keys[1], logits, top_k=2))
+  assert set(both.ravel()) == {1, 3}
+
+
+def test_bad_inputs_give_clear_errors(setup):
+  _, _, model, params, labels, x_in = setup
+  with pytest.raises(ValueError, match="must have 21 positions"):
+    model.apply(params, labels, x_in[:, :-1])
+  with pytest.raises(ValueError, match="labels must be"):
+    model.apply(params, labels[:, None], x_in)
+
+
+def test_pallas_block_attention_matches_xla(setup):
+  """attention_impl='pallas' runs the block-attention kernel (interpret mode on CPU) on the scale-id mask."""
+  _, _, _, params, labels, x_in = setup
+  xla = VAR(CFG, attention_impl="xla").apply(params, labels, x_in)
+  pallas = VAR(CFG, attention_impl="pallas").apply(params, labels, x_in)
+  np.testing.assert_allclose(pallas, xla, atol=2e-4)
