@@ -1,0 +1,169 @@
+"""VAR vs raster-order AR vs Axial Transformer on MNIST 16x16, trained and measured in one run.
+
+1. Train the multi-scale VQ tokenizer (configs/vqvae.py) with the generic trainer, export its params
+   and report test reconstruction metrics.
+2. Train VAR (configs/var.py), the raster AR over the *same* 130 VQ tokens (configs/raster_ar.py) and
+   the Axial Transformer over pixels (configs/axial.py) with the trainer, same step count and batch.
+3. Test NLL from the trainer's eval (on `--eval_examples` MNIST test images): bits per image over the VQ
+   tokens (VAR, raster AR: same tokens, directly comparable) and pixel bits/dim (Axial).
+4. Sampling: for each model, one jitted class-conditional sampler at batch `--sample_batch`, warmed up
+   (compile excluded), then the mean of `--repeats` timed runs -> images/s; sequential network passes
+   per image (VAR: one per scale; raster AR: one per token; Axial: H outer + H*W inner row passes).
+5. Write results.md / results.json and PNG grids of class-conditional samples into --workdir.
+
+  PYTHONPATH=. python experiments/images/benchmark.py --workdir=runs/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from configs import axial as axial_config  # noqa: E402
+from configs import raster_ar as raster_config  # noqa: E402
+from configs import var as var_config  # noqa: E402
+from configs import vqvae as vqvae_config  # noqa: E402
+from hat_jax.models import axial as axial_lib  # noqa: E402
+from hat_jax.models import raster_ar as raster_lib  # noqa: E402
+from hat_jax.models import var as var_lib  # noqa: E402
+from hat_jax.models.vqvae import MultiScaleVQVAE  # noqa: E402
+from hat_jax.train import image_tasks, trainer  # noqa: E402
+
+
+def configure(config, args, name: str):
+  config.train.steps = {"vqvae": args.vq_steps, "axial": args.axial_steps}.get(name, args.steps)
+  steps = int(config.train.steps)
+  config.train.batch_size = args.batch
+  config.train.warmup_steps = max(1, steps // 20)
+  config.train.log_every = max(1, steps // 10)
+  config.train.eval_every = steps
+  config.train.checkpoint_every = steps
+  config.data.eval_batch_size = 100
+  config.data.eval_examples = args.eval_examples
+  config.data.source = args.source
+  config.sample.output_dir = os.path.join(args.workdir, name)
+  if "tokenizer" in config:
+    config.tokenizer.params_path = os.path.join(args.workdir, "vqvae", "vqvae_params.npz")
+  return config
+
+
+def train(config, workdir: str) -> dict:
+  t0 = time.perf_counter()
+  final = trainer.train(config, workdir)
+  final["train_seconds"] = time.perf_counter() - t0
+  if "eval/loss" not in final:  # already trained (rerun): evaluate the checkpoint
+    final.update(trainer.evaluate(config, workdir))
+  return final
+
+
+def time_sampler(fn, repeats: int) -> tuple[float, object]:
+  out = jax.block_until_ready(fn(jax.random.key(0)))  # compile + warm up
+  times = []
+  for r in range(repeats):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(jax.random.key(r + 1)))
+    times.append(time.perf_counter() - t0)
+  return float(np.mean(times)), out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--steps", type=int, default=800, help="training steps for VAR, raster AR and Axial")
+  p.add_argument("--axial_steps", type=int, default=500, help="Axial steps (its step costs ~2x VAR's)")
+  p.add_argument("--vq_steps", type=int, default=600)
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--eval_examples", type=int, default=2000, help="first MNIST test images for the NLL (0 = all)")
+  p.add_argument("--sample_batch", type=int, default=40, help="images per sampling call (a multiple of 10)")
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--cfg_scale", type=float, default=2.0)
+  p.add_argument("--source", default="mnist", choices=["mnist", "synthetic"])
+  args = p.parse_args()
+  os.makedirs(args.workdir, exist_ok=True)
+  results: dict = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, "
+                   f"jax {jax.__version__} {jax.default_backend()}", "args": vars(args)}
+
+  # 1. Tokenizer.
+  cfgs = {"vqvae": configure(vqvae_config.get_config("small"), args, "vqvae")}
+  results["vqvae"] = train(cfgs["vqvae"], os.path.join(args.workdir, "vqvae"))
+  print(trainer.sample(cfgs["vqvae"], os.path.join(args.workdir, "vqvae")), flush=True)
+
+  # 2. Generators.
+  cfgs["var"] = configure(var_config.get_config("small"), args, "var")
+  cfgs["raster_ar"] = configure(raster_config.get_config("small"), args, "raster_ar")
+  cfgs["axial"] = configure(axial_config.get_config("small"), args, "axial")
+  for config in (cfgs["var"], cfgs["raster_ar"]):
+    config.sample.cfg_scale = args.cfg_scale
+  for name in ("var", "raster_ar", "axial"):
+    results[name] = train(cfgs[name], os.path.join(args.workdir, name))
+    print(name, {k: round(v, 4) for k, v in results[name].items() if k.startswith("eval/")}, flush=True)
+
+  # 3-4. Sampling speed, all in this process one after another.
+  labels = jnp.tile(jnp.arange(10, dtype=jnp.int32), args.sample_batch // 10)
+  samplers = {}
+  run, var_params, _ = trainer.restore_params(cfgs["var"], os.path.join(args.workdir, "var"))
+  vt = run.task
+  samplers["var"] = (len(vt.var_cfg.scales), lambda key, vt=vt, prm=var_params: var_lib.sample(
+      vt.model, prm, vt.vq, vt.vq_params, labels, key, cfg_scale=args.cfg_scale)[0])
+  run, ar_params, _ = trainer.restore_params(cfgs["raster_ar"], os.path.join(args.workdir, "raster_ar"))
+  rt = run.task
+  samplers["raster_ar"] = (rt.ar_cfg.seq_len, lambda key, rt=rt, prm=ar_params: rt.vq.apply(
+      rt.vq_params, raster_lib.sample(rt.model, prm, labels, key, cfg_scale=args.cfg_scale),
+      method=MultiScaleVQVAE.decode))
+  run, ax_params, _ = trainer.restore_params(cfgs["axial"], os.path.join(args.workdir, "axial"))
+  at = run.task
+  size = at.axial_cfg.image_size
+  samplers["axial"] = (size + size * size, lambda key, at=at, prm=ax_params: axial_lib.sample(
+      at.model, prm, labels, key))
+  for name, (steps, fn) in samplers.items():
+    seconds, images = time_sampler(fn, args.repeats)
+    results[name].update(sample_steps=steps, sample_seconds=seconds, images_per_sec=args.sample_batch / seconds)
+    grid = image_tasks.image_grid(np.asarray(images), rows=args.sample_batch // 10)
+    image_tasks.write_png(os.path.join(args.workdir, f"samples_{name}.png"), grid)
+    print(name, f"{steps} sequential passes, {seconds:.3f} s per {args.sample_batch} images", flush=True)
+
+  # 5. Table.
+  v, r, a, q = results["var"], results["raster_ar"], results["axial"], results["vqvae"]
+  rows = [
+      ("VAR (next-scale, 6 scales)", v["eval/bits_per_image"], v["eval/bits_per_dim"], "-", v),
+      ("raster AR over the same VQ tokens", r["eval/bits_per_image"], r["eval/bits_per_dim"], "-", r),
+      ("Axial Transformer (pixels)", a["eval/bits_per_dim"] * size * size, "-", a["eval/bits_per_dim"], a),
+  ]
+  fmt = lambda x: x if isinstance(x, str) else f"{x:.3f}"  # noqa: E731
+  lines = [
+      "| model | test NLL, bits/image | VQ-token bits per pixel | pixel bits/dim | sequential passes | "
+      "images/s (CPU) | train s |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for label, bpi, tok_bpd, pix_bpd, res in rows:
+    lines.append(f"| {label} | {bpi:.1f} | {fmt(tok_bpd)} | {fmt(pix_bpd)} | {res['sample_steps']} | "
+                 f"{res['images_per_sec']:.1f} | {res['train_seconds']:.0f} |")
+  lines += [
+      "",
+      f"Tokenizer (test, {args.eval_examples or 10000} images): PSNR {q['eval/psnr']:.2f} dB, MSE "
+      f"{q['eval/recon_mse']:.5f} on [0, 1] pixels, L1 {q['eval/recon_l1']:.4f}, codebook used per batch "
+      f"{q['eval/codebook_used']:.2f}.",
+      f"VAR vs raster AR: {r['sample_steps'] / v['sample_steps']:.1f}x fewer sequential steps, "
+      f"{v['images_per_sec'] / r['images_per_sec']:.1f}x faster sampling; vs Axial: "
+      f"{a['sample_steps'] / v['sample_steps']:.1f}x fewer steps, {v['images_per_sec'] / a['images_per_sec']:.1f}x faster.",
+  ]
+  table = "\n".join(lines)
+  print(table)
+  with open(os.path.join(args.workdir, "results.md"), "w") as f:
+    f.write(table + "\n")
+  with open(os.path.join(args.workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+  main()
