@@ -1,0 +1,95 @@
+"""tools/launch_tpu.py and tools/launch_gpu_multinode.sh: dry runs print the right commands; bad args fail clearly."""
+
+import importlib.util
+import os
+import shlex
+import subprocess
+
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_GPU_SCRIPT = os.path.join(_ROOT, "tools", "launch_gpu_multinode.sh")
+
+
+def _launch_tpu():
+  spec = importlib.util.spec_from_file_location("launch_tpu", os.path.join(_ROOT, "tools", "launch_tpu.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+BASE = ["--tpu=my-v5p-64", "--zone=us-east5-a", "--config=configs/hat.py:small", "--workdir=gs://bucket/runs/hat"]
+
+
+def test_tpu_dry_run_builds_the_gcloud_command(capsys):
+  assert _launch_tpu().main(BASE + ["--project=proj", "--override=train.steps=20000",
+                                    "--override=config.mesh.fsdp=4", "--env=LIBTPU_INIT_ARGS=--x=1", "--dry-run"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 1
+  argv = shlex.split(lines[0])
+  assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v5p-64"]
+  assert {"--zone=us-east5-a", "--project=proj", "--worker=all"} <= set(argv)
+  remote = next(a for a in argv if a.startswith("--command=")).removeprefix("--command=")
+  # The remote command is itself valid shell: setup, then training with every override.
+  words = shlex.split(remote.replace(";", " ; "))
+  assert "git" in words and "'jax[tpu]'" in remote
+  main_at = words.index("hat_jax.main")
+  assert words[main_at - 2:main_at] == ["python3", "-m"]
+  assert words[main_at + 1:] == ["--config=configs/hat.py:small", "--workdir=gs://bucket/runs/hat", "--mode=train",
+                                 "--config.train.steps=20000", "--config.mesh.fsdp=4"]
+  assert "LIBTPU_INIT_ARGS=--x=1" in words
+
+
+def test_tpu_multislice_and_no_setup(capsys):
+  assert _launch_tpu().main(BASE + ["--num-slices=2", "--setup=", "--dry-run"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert [shlex.split(line)[5] for line in lines] == ["my-v5p-64-0", "my-v5p-64-1"]
+  assert "--config.mesh.dcn_data=2" in lines[0] and "git clone" not in lines[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workdir=/tmp/run"], "must be a gs:// path"),
+    (["--config=configs/nope.py:small"], "no file 'configs/nope.py'"),
+    (["--override=train.steps"], "expected KEY=VALUE"),
+    (["--num-slices=0"], "--num-slices must be >= 1"),
+    (["--env=1BAD=x"], "expected NAME=VALUE"),
+])
+def test_tpu_bad_args_error_clearly(extra, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _launch_tpu().main(BASE + extra + ["--dry-run"])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_tpu_missing_required_flag(capsys):
+  with pytest.raises(SystemExit):
+    _launch_tpu().main(["--zone=z", "--config=configs/hat.py", "--workdir=gs://b/r"])
+  assert "--tpu" in capsys.readouterr().err
+
+
+def _gpu(*args):
+  return subprocess.run(["bash", _GPU_SCRIPT, *args], capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_gpu_dry_run_one_command_per_node():
+  out = _gpu("--hosts=n0,n1,n2", "--config=configs/hat.py:small", "--workdir=/shared/runs/x", "--port=9000",
+             "--dry-run", "--", "--config.train.steps=10")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  assert [shlex.split(line)[1] for line in lines] == ["n0", "n1", "n2"]
+  for i, line in enumerate(lines):
+    remote = shlex.split(shlex.split(line)[2])
+    assert {"JAX_COORDINATOR_ADDRESS=n0:9000", "JAX_NUM_PROCESSES=3", f"JAX_PROCESS_ID={i}"} <= set(remote)
+    assert remote[-4:] == ["hat_jax.main", "--config=configs/hat.py:small", "--workdir=/shared/runs/x",
+                           "--config.train.steps=10"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--config=c", "--workdir=w"), "--hosts"),
+    (("--hosts=a", "--workdir=w"), "--config is required"),
+    (("--hosts=a", "--config=c", "--workdir=w", "--port=x"), "TCP port"),
+    (("--hosts=a", "--config=c", "--workdir=w", "--bogus"), "unknown argument '--bogus'"),
+])
+def test_gpu_bad_args_error_clearly(args, message):
+  out = _gpu(*args, "--dry-run")
+  assert out.returncode == 2 and message in out.stderr, out.stderr

@@ -1,0 +1,132 @@
+r"""Launch hat_jax on a Cloud TPU pod slice: the same command on every worker (`--worker=all`).
+
+  python tools/launch_tpu.py --tpu=my-v5p-64 --zone=us-east5-a --config=configs/hat.py:small \
+      --workdir=gs://my-bucket/runs/hat_small --override=train.steps=20000 --dry-run
+
+prints (and without --dry-run runs) one
+  gcloud compute tpus tpu-vm ssh my-v5p-64 --zone=us-east5-a --worker=all --command='<setup> && python3 -m
+      hat_jax.main --config=configs/hat.py:small --workdir=gs://... --config.train.steps=20000'
+
+Every worker runs the same program; on a pod slice `jax.distributed.initialize()` finds its peers
+from the TPU metadata (`hat_jax.distributed.maybe_initialize`), each host reads its own slice of
+the data, and all hosts write one orbax checkpoint to the shared `gs://` workdir (a local path would
+give every host a different, partial run directory, so it is refused).
+
+Setup on the workers (skip with --setup=''): clone --repo at --ref into ~/hat_jax (or update it),
+then `pip install -e . jax[tpu]`. Code must be reachable from the VMs (a pushed branch or tag).
+
+Multi-slice (`--num-slices=N`): the slices are N TPU VMs named `<tpu>-0` ... `<tpu>-<N-1>` (as a
+queued resource created with `--node-count=N` names them); one ssh command per slice is printed and
+run concurrently. The queued resource sets the MEGASCALE_* variables jax needs, and
+`--config.mesh.dcn_data=N` is added (unless overridden) so data parallelism spans slices over DCN
+while FSDP / tensor parallelism stay inside a slice (see docs/sharding.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+
+DEFAULT_REPO = "https://github.com/hat-jax/hat_jax.git"
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--tpu", required=True, help="TPU VM (pod slice) name; with --num-slices the name prefix.")
+  p.add_argument("--zone", required=True, help="e.g. us-east5-a.")
+  p.add_argument("--project", default=None, help="GCP project (default: gcloud's configured project).")
+  p.add_argument("--config", required=True, help="Config spec as for hat_jax.main, e.g. configs/hat.py:small.")
+  p.add_argument("--workdir", required=True, help="Shared run directory, gs://bucket/path.")
+  p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                 help="Config override, repeatable: train.steps=1000 -> --config.train.steps=1000.")
+  p.add_argument("--mode", default="train", choices=["train", "eval", "sample", "train_and_sample"])
+  p.add_argument("--num-slices", type=int, default=1, help="Multi-slice: number of slices (TPU VMs <tpu>-<i>).")
+  p.add_argument("--repo", default=DEFAULT_REPO, help="Git URL the workers clone.")
+  p.add_argument("--ref", default="main", help="Branch, tag or commit the workers check out.")
+  p.add_argument("--setup", default=None, help="Shell run on each worker before training (default: clone/update "
+                 "the repo and pip install it with jax[tpu]); '' skips setup.")
+  p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                 help="Environment variable for the training process, repeatable (e.g. LIBTPU_INIT_ARGS=...).")
+  p.add_argument("--dry-run", action="store_true", help="Print the gcloud command(s) and exit.")
+  return p
+
+
+def _fail(parser: argparse.ArgumentParser, message: str):
+  parser.error(message)  # exits with status 2 and the usage line
+
+
+def _validate(parser, args) -> list[str]:
+  """Checks the arguments; returns the --config.* flags."""
+  config_path = args.config.partition(":")[0]
+  if not os.path.exists(os.path.join(_ROOT, config_path)) and not os.path.exists(config_path):
+    _fail(parser, f"--config={args.config}: no file {config_path!r} in this checkout (the workers run the "
+                  f"same path inside the repo), e.g. --config=configs/hat.py:small.")
+  if not args.workdir.startswith("gs://"):
+    _fail(parser, f"--workdir={args.workdir!r} must be a gs:// path: every worker of a pod slice writes to it, "
+                  f"and a local directory would differ per host. E.g. --workdir=gs://my-bucket/runs/hat.")
+  if args.num_slices < 1:
+    _fail(parser, f"--num-slices must be >= 1, got {args.num_slices}.")
+  flags = []
+  for item in args.override:
+    key, sep, value = item.partition("=")
+    key = key.strip().removeprefix("--").removeprefix("config.")
+    if not sep or not key or " " in key:
+      _fail(parser, f"--override={item!r}: expected KEY=VALUE with a dotted config key, e.g. train.steps=1000.")
+    flags.append(f"--config.{key}={value}")
+  for item in args.env:
+    name, sep, _ = item.partition("=")
+    if not sep or not name.isidentifier():
+      _fail(parser, f"--env={item!r}: expected NAME=VALUE, e.g. LIBTPU_INIT_ARGS=--xla_tpu_enable_async_all_gather.")
+  if args.num_slices > 1 and not any(f.startswith("--config.mesh.dcn_data=") for f in flags):
+    flags.append(f"--config.mesh.dcn_data={args.num_slices}")
+  return flags
+
+
+def default_setup(repo: str, ref: str) -> str:
+  q = shlex.quote
+  return (f"(test -d ~/hat_jax || git clone -q {q(repo)} ~/hat_jax) && cd ~/hat_jax && git fetch -q origin && "
+          f"git checkout -q {q(ref)} && (git pull -q --ff-only || true) && "
+          f"python3 -m pip install -q -e . 'jax[tpu]'")
+
+
+def worker_command(args, config_flags: list[str]) -> str:
+  """The shell command every worker runs."""
+  q = shlex.quote
+  train = " ".join(["python3", "-m", "hat_jax.main", q(f"--config={args.config}"), q(f"--workdir={args.workdir}"),
+                    q(f"--mode={args.mode}"), *(q(f) for f in config_flags)])
+  env = " ".join(q(e) for e in args.env)
+  train = f"env {env} {train}" if env else train
+  setup = default_setup(args.repo, args.ref) if args.setup is None else args.setup
+  return f"set -e; {setup} && cd ~/hat_jax && {train}" if setup else f"set -e; cd ~/hat_jax && {train}"
+
+
+def gcloud_commands(args, config_flags: list[str]) -> list[list[str]]:
+  names = [args.tpu] if args.num_slices == 1 else [f"{args.tpu}-{i}" for i in range(args.num_slices)]
+  command = worker_command(args, config_flags)
+  out = []
+  for name in names:
+    cmd = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, f"--zone={args.zone}"]
+    if args.project:
+      cmd.append(f"--project={args.project}")
+    out.append(cmd + ["--worker=all", f"--command={command}"])
+  return out
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  commands = gcloud_commands(args, _validate(parser, args))
+  if args.dry_run:
+    for cmd in commands:
+      print(shlex.join(cmd))
+    return 0
+  procs = [subprocess.Popen(cmd) for cmd in commands]  # slices start together; each waits on its workers
+  return max(p.wait() for p in procs)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
