@@ -23,7 +23,8 @@ BASE = ["--tpu=my-v5p-64", "--zone=us-east5-a", "--config=configs/hat.py:small",
 
 def test_tpu_dry_run_builds_the_gcloud_command(capsys):
   assert _launch_tpu().main(BASE + ["--project=proj", "--override=train.steps=20000",
-                                    "--override=config.mesh.fsdp=4", "--env=LIBTPU_INIT_ARGS=--x=1", "--dry-run"]) == 0
+                                    "--override=config.mesh.fsdp=4",
+                                    "--repo=https://example.com/hat_jax.git", "--env=LIBTPU_INIT_ARGS=--x=1", "--dry-run"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 1
   argv = shlex.split(lines[0])
@@ -32,7 +33,7 @@ def test_tpu_dry_run_builds_the_gcloud_command(capsys):
   remote = next(a for a in argv if a.startswith("--command=")).removeprefix("--command=")
   # The remote command is itself valid shell: setup, then training with every override.
   words = shlex.split(remote.replace(";", " ; "))
-  assert "git" in words and "'jax[tpu]'" in remote
+  assert "https://example.com/hat_jax.git" in words and "'jax[tpu]'" in remote
   main_at = words.index("hat_jax.main")
   assert words[main_at - 2:main_at] == ["python3", "-m"]
   assert words[main_at + 1:] == ["--config=configs/hat.py:small", "--workdir=gs://bucket/runs/hat", "--mode=train",
@@ -59,6 +60,17 @@ def test_tpu_bad_args_error_clearly(extra, message, capsys):
     _launch_tpu().main(BASE + extra + ["--dry-run"])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_tpu_default_setup_needs_a_repo(monkeypatch, capsys):
+  module = _launch_tpu()
+  monkeypatch.setattr(module, "_origin_url", lambda: None)  # a checkout without an 'origin' remote
+  with pytest.raises(SystemExit):
+    module.main(BASE + ["--dry-run"])
+  assert "pass --repo=" in capsys.readouterr().err
+  monkeypatch.setattr(module, "_origin_url", lambda: "git@example.com:me/hat_jax.git")
+  assert module.main(BASE + ["--dry-run"]) == 0
+  assert "git@example.com:me/hat_jax.git" in capsys.readouterr().out
 
 
 def test_tpu_missing_required_flag(capsys):

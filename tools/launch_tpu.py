@@ -30,7 +30,6 @@ import shlex
 import subprocess
 import sys
 
-DEFAULT_REPO = "https://github.com/hat-jax/hat_jax.git"
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="Config override, repeatable: train.steps=1000 -> --config.train.steps=1000.")
   p.add_argument("--mode", default="train", choices=["train", "eval", "sample", "train_and_sample"])
   p.add_argument("--num-slices", type=int, default=1, help="Multi-slice: number of slices (TPU VMs <tpu>-<i>).")
-  p.add_argument("--repo", default=DEFAULT_REPO, help="Git URL the workers clone.")
+  p.add_argument("--repo", default=None, help="Git URL the workers clone (default: this checkout's origin).")
   p.add_argument("--ref", default="main", help="Branch, tag or commit the workers check out.")
   p.add_argument("--setup", default=None, help="Shell run on each worker before training (default: clone/update "
                  "the repo and pip install it with jax[tpu]); '' skips setup.")
@@ -81,9 +80,23 @@ def _validate(parser, args) -> list[str]:
     name, sep, _ = item.partition("=")
     if not sep or not name.isidentifier():
       _fail(parser, f"--env={item!r}: expected NAME=VALUE, e.g. LIBTPU_INIT_ARGS=--xla_tpu_enable_async_all_gather.")
+  if args.setup is None and not args.repo:
+    args.repo = _origin_url()
+    if not args.repo:
+      _fail(parser, "the default worker setup clones the repo, but this checkout has no 'origin' remote: pass "
+                    "--repo=<git URL the TPU VMs can reach>, or --setup='<your own setup>' ('' for none).")
   if args.num_slices > 1 and not any(f.startswith("--config.mesh.dcn_data=") for f in flags):
     flags.append(f"--config.mesh.dcn_data={args.num_slices}")
   return flags
+
+
+def _origin_url() -> str | None:
+  try:
+    out = subprocess.run(["git", "-C", _ROOT, "remote", "get-url", "origin"], capture_output=True, text=True,
+                         check=False, timeout=10)
+  except OSError:
+    return None
+  return out.stdout.strip() or None
 
 
 def default_setup(repo: str, ref: str) -> str:
