@@ -82,6 +82,8 @@ def test_unknown_task_errors_clearly():
   config.task = "var"
   with pytest.raises(ValueError, match="No analytic FLOP formula for task 'var'"):
     flops.training_flops(config)
+  assert flops.step_flops_or_none(config) is None
+  assert flops.step_flops_or_none(hat_config.get_config("size=test,corpus=toy")) > 0
 
 
 def test_mfu_and_peak_table():

@@ -173,3 +173,12 @@ def describe_peak(device_kind: str) -> str:
 
 def format_mfu(value: float | None) -> str:
   return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def step_flops_or_none(config, batch: Mapping[str, Any] | None = None) -> float | None:
+  """Analytic training FLOPs per step for the trainer's logs, or None for tasks without a formula
+  (their logs then carry the XLA-counted `hfu` only)."""
+  try:
+    return training_flops(config, batch)["train"]
+  except ValueError:
+    return None
