@@ -36,7 +36,6 @@ Clusters: `--print-commands` prints one independent command per unfinished run (
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import math
@@ -196,34 +195,6 @@ def collect(workdir: str) -> list[dict[str, Any]]:
   return records
 
 
-class _SafeMath:
-  """`math` whose exp returns inf instead of raising OverflowError."""
-
-  def __getattr__(self, name):
-    return getattr(math, name)
-
-  @staticmethod
-  def exp(x):
-    return math.inf if x > 709.0 else math.exp(x)
-
-
-@contextlib.contextmanager
-def _overflow_safe_fit_amplitudes():
-  """Workaround for hat_jax/scaling/fit.py: the fits' amplitudes (PowerLawFit.A, ChinchillaFit.A/B)
-  are math.exp(log_x), which raises OverflowError (caught neither by the bootstrap nor the report)
-  when a degenerate bootstrap resample (e.g. several copies of one run) yields log_x > 709. Here such
-  an amplitude becomes inf for that refit, as `x0` already does, and the percentile intervals stay
-  defined. Remove once fit.py computes them with np.exp under np.errstate(over="ignore")."""
-  from hat_jax.scaling import fit as fitlib  # pylint: disable=g-import-not-at-top
-
-  original = fitlib.math
-  fitlib.math = _SafeMath()
-  try:
-    yield
-  finally:
-    fitlib.math = original
-
-
 def report(workdir: str, n_boot: int = 30) -> str:
   """Fits every law into <workdir>/report. When a family has runs at several step counts, L(N) and
   L(C) mix data budgets; so a second report (<workdir>/report_max_steps) uses only each family's
@@ -233,8 +204,7 @@ def report(workdir: str, n_boot: int = 30) -> str:
   records = collect(workdir)
   if not records:
     raise ValueError(f"No finished runs in {workdir}; nothing to report.")
-  with _overflow_safe_fit_amplitudes():
-    return _report(workdir, records, n_boot)
+  return _report(workdir, records, n_boot)
 
 
 def _report(workdir: str, records: list[dict[str, Any]], n_boot: int) -> str:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hat_jax.data.splitter import BOS, EOD, WordSplitter
+from hat_jax.data.splitter import BOS, END_OF_WORD, EOD, WordSplitter
 from hat_jax.generate.sampling import SamplingConfig, sample
 from hat_jax.models.hat import HAT, HATConfig, empty_caches
 from hat_jax.models.layers import KVCache
@@ -54,9 +54,7 @@ class HATSampler:
 
   def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_bytes: int = 512):
     if cfg.variant != "tfree":
-      raise NotImplementedError(
-          "cached generation is implemented for the released (variant='tfree') HAT; the paper variant trains "
-          "and evaluates but has no sampler yet.")
+      raise ValueError("HATSampler is for the released design (variant='tfree'); use PaperHATSampler.")
     if splitter.max_word_bytes != cfg.max_word_bytes:
       raise ValueError(f"splitter.max_word_bytes ({splitter.max_word_bytes}) must match the model's "
                        f"max_word_bytes ({cfg.max_word_bytes}).")
@@ -216,3 +214,88 @@ class HATSampler:
       *finished, cur = self.splitter.finish_words(cur, byte)
       words += finished
     return words + [cur]
+
+
+class PaperHATSampler:
+  """Generation for the paper's HAT design (`variant="paper"`): the backbone runs with a KV cache over
+  words; the decoder spells each word from its predictive vector until it predicts [W] (or the word
+  reaches max_word_bytes); the finished word is encoded and takes one backbone step. Words are short,
+  so the decoder recomputes its (at most max_word_bytes + 1) positions per byte instead of caching."""
+
+  def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_words: int = 256):
+    from hat_jax.models.hat import PaperHAT
+
+    if cfg.variant != "paper":
+      raise ValueError("PaperHATSampler is for variant='paper'; use HATSampler for the released design.")
+    if splitter.max_word_bytes != cfg.max_word_bytes:
+      raise ValueError(f"splitter.max_word_bytes ({splitter.max_word_bytes}) must match the model's "
+                       f"max_word_bytes ({cfg.max_word_bytes}).")
+    self.cfg, self.params, self.splitter, self.max_words = cfg, params, splitter, max_total_words
+    model = PaperHAT(cfg)
+
+    def word_step(params, byte_ids, byte_mask, word_pos, valid, caches):
+      emb = model.apply(params, byte_ids, byte_mask, method=PaperHAT.encode_words)  # [B, W, D]
+      return model.apply(params, emb, word_pos, valid.astype(jnp.int32), caches, method=PaperHAT.backbone)
+
+    self._word_step = jax.jit(word_step)
+    self._decode = jax.jit(lambda params, prev, ids: model.apply(params, prev, ids, method=PaperHAT.decode_words))
+
+  def _word_arrays(self, words: list[list[bytes]]):
+    m, n = self.cfg.max_word_bytes, max(1, max(len(w) for w in words))
+    ids = np.zeros((len(words), n, m), np.int32)
+    mask = np.zeros((len(words), n, m), bool)
+    for b, ws in enumerate(words):
+      for j, w in enumerate(ws):
+        ids[b, j, :len(w)] = np.frombuffer(w, np.uint8)
+        mask[b, j, :len(w)] = True
+    return ids, mask, mask.any(-1)
+
+  def generate(self, prompts: Sequence[bytes], max_new_bytes: int, rng: jax.Array,
+               sampling: SamplingConfig = SamplingConfig(), stop_at_eod: bool = True) -> list[Generation]:
+    cfg, m = self.cfg, self.cfg.max_word_bytes
+    if not prompts:
+      raise ValueError("generate needs at least one prompt.")
+    words = [[bytes([BOS]), *self.splitter.split(bytes(p))] for p in prompts]
+    complete = [w[:-1] if len(w) > 1 else w for w in words]  # the prompt's last word may go on
+    current = [bytearray(w[-1]) if len(w) > 1 else bytearray() for w in words]
+    if max(len(c) for c in complete) + max_new_bytes + 1 > self.max_words:
+      raise ValueError(f"prompt words + max_new_bytes exceed max_total_words={self.max_words}; raise it.")
+    batch = len(prompts)
+    caches = tuple(KVCache.empty(batch, self.max_words, cfg.backbone.num_kv_heads, cfg.backbone.head_dim,
+                                 cfg.jnp_dtype) for _ in range(cfg.backbone.num_layers))
+    ids, mask, valid = self._word_arrays(complete)
+    pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), valid.shape)
+    out, caches = self._word_step(self.params, ids, mask, pos, valid, caches)
+    lens = np.array([len(c) for c in complete])
+    prev = out[np.arange(batch), lens - 1]  # [B, D] predictive vector of the word being written
+    generated = [bytearray() for _ in prompts]
+    done = np.zeros(batch, bool)
+    for _ in range(max_new_bytes):
+      cur = np.zeros((batch, 1, m), np.int32)
+      for b, c in enumerate(current):
+        cur[b, 0, :len(c)] = np.frombuffer(bytes(c), np.uint8)
+      logits = self._decode(self.params, prev[:, None], cur)[:, 0]  # [B, M+1, 256]
+      at = np.array([len(c) for c in current])
+      rng, key = jax.random.split(rng)
+      new = np.asarray(sample(logits[np.arange(batch), at], key, sampling))
+      finished = np.zeros(batch, bool)
+      for b in np.flatnonzero(~done):
+        if new[b] == END_OF_WORD or len(current[b]) == m:
+          finished[b] = len(current[b]) > 0  # an empty word cannot end
+          if finished[b] or new[b] == END_OF_WORD:
+            continue
+        current[b].append(int(new[b]))
+        generated[b].append(int(new[b]))
+        done[b] |= stop_at_eod and new[b] == EOD
+      if finished.any():
+        ids, mask, _ = self._word_arrays([[bytes(c)] for c in current])
+        step_pos = np.array([len(c) for c in complete], np.int32)[:, None]
+        out, caches = self._word_step(self.params, ids, mask, step_pos, finished[:, None], caches)
+        prev = jnp.where(finished[:, None], out[:, 0], prev)
+        for b in np.flatnonzero(finished):
+          complete[b].append(bytes(current[b]))
+          current[b] = bytearray()
+      if done.all():
+        break
+    return [Generation(prompt=bytes(p), generated=bytes(g), words=complete[b] + ([bytes(current[b])] if current[b] else []))
+            for b, (p, g) in enumerate(zip(prompts, generated))]

@@ -77,6 +77,13 @@ POWER_LAW_GRID: Mapping[str, tuple[float, ...]] = {
 DEFAULT_TOP_K = 16
 
 
+def _exp(x: float) -> float:
+  """exp that returns inf instead of raising OverflowError: a degenerate bootstrap resample (e.g. several
+  copies of one run) can fit an amplitude whose log exceeds 709; that refit's amplitude is then inf, as
+  `x0` already is, and the percentile intervals stay defined."""
+  return math.inf if x > 709.0 else math.exp(x)
+
+
 class _Fit(Protocol):
   """What `bootstrap` and `held_out_error` need from a fit result."""
 
@@ -244,7 +251,7 @@ class PowerLawFit:
 
   @property
   def A(self) -> float:
-    return math.exp(self.log_A)
+    return _exp(self.log_A)
 
   @property
   def x0(self) -> float:
@@ -307,7 +314,7 @@ def fit_power_law(x: Any, L: Any, *, variable: str = "N", with_offset: bool = Tr
   opt = _multistart_lbfgs(starts, lx, log_y, with_offset, delta, top_k)
   a_c_hat, alpha = float(opt.theta[0]), float(opt.theta[1])
   return PowerLawFit(
-      E=math.exp(opt.theta[2]) if with_offset else 0.0, log_A=a_c_hat + alpha * ref, alpha=alpha,
+      E=_exp(opt.theta[2]) if with_offset else 0.0, log_A=a_c_hat + alpha * ref, alpha=alpha,
       variable=variable, n_points=n, objective=opt.objective, converged=opt.converged,
       with_offset=with_offset)
 
@@ -338,11 +345,11 @@ class ChinchillaFit:
 
   @property
   def A(self) -> float:
-    return math.exp(self.log_A)
+    return _exp(self.log_A)
 
   @property
   def B(self) -> float:
-    return math.exp(self.log_B)
+    return _exp(self.log_B)
 
   def predict(self, N: Any, D: Any) -> np.ndarray:
     N = np.asarray(N, dtype=np.float64)
@@ -413,7 +420,7 @@ def fit_chinchilla(N: Any, D: Any, L: Any, *, delta: float = HUBER_DELTA,
   opt = _multistart_lbfgs(starts, lx, np.log(L), True, delta, top_k)
   a_c, alpha, b_c, beta, e = (float(v) for v in opt.theta)
   return ChinchillaFit(
-      E=math.exp(e), log_A=a_c + alpha * ref[0], alpha=alpha, log_B=b_c + beta * ref[1], beta=beta,
+      E=_exp(e), log_A=a_c + alpha * ref[0], alpha=alpha, log_B=b_c + beta * ref[1], beta=beta,
       n_points=n, objective=opt.objective, converged=opt.converged, n_starts=opt.n_starts,
       n_refined=opt.n_refined)
 

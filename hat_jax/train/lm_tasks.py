@@ -115,11 +115,15 @@ class HATTask(ByteLMTask):
     return self.model.apply(params, batch, method=self.model.loss_and_metrics)
 
   def sample(self, params, rng) -> str:
-    from hat_jax.generate.hat_sampler import HATSampler
+    from hat_jax.generate.hat_sampler import HATSampler, PaperHATSampler
 
     s = self.config.sample
     prompt = s.prompt.encode()
-    sampler = HATSampler(self.model_cfg, params, self.splitter, max_total_bytes=len(prompt) + s.max_new_bytes + 1)
+    if self.model_cfg.variant == "paper":
+      sampler = PaperHATSampler(self.model_cfg, params, self.splitter,
+                                max_total_words=len(prompt) + s.max_new_bytes + 2)
+    else:
+      sampler = HATSampler(self.model_cfg, params, self.splitter, max_total_bytes=len(prompt) + s.max_new_bytes + 1)
     gens = sampler.generate([prompt] * s.num_samples, s.max_new_bytes, rng, self.sampling_config())
     return "\n---\n".join(s.prompt + g.text for g in gens)
 
