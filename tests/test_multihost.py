@@ -1,12 +1,13 @@
 """A real 2-process run on localhost: jax.distributed with CPU (gloo) collectives, 2 CPU devices per process.
 
-Launch 1 trains the HAT `size=test,corpus=toy` config for 2 of 4 steps through `trainer.train`
-(per-process grain data slices, a 4-device global mesh spanning both processes) and checkpoints with
-orbax from both processes; launch 2 (two fresh processes) restores step 2 and continues to step 4.
+Launch 1 trains for 2 of 4 steps through `trainer.train` (per-process grain data slices, a 4-device
+global mesh spanning both processes) and checkpoints with orbax from both processes; launch 2 (two
+fresh processes) restores step 2 and continues to step 4. Two tasks: the trainer tests' toy task
+(~75 s on 2 shared CPU cores) and the HAT `size=test,corpus=toy` config (~190 s: four HAT compiles).
 The processes join through the env path of `hat_jax.distributed.maybe_initialize`
 (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), exactly as `hat_jax.main` does.
 
-This file is also the worker: `python tests/test_multihost.py <workdir> <stop_at_step> <result.json>`.
+This file is also the worker: `python tests/test_multihost.py <task> <workdir> <stop_at_step> <result.json>`.
 """
 
 import json
@@ -23,7 +24,7 @@ NUM_PROCESSES, LOCAL_DEVICES, TOTAL_STEPS = 2, 2, 4
 TIMEOUT_S = 240  # per launch; a hung collective must fail the test, not the CI job
 
 
-def _worker(workdir: str, stop_at_step: int, result_path: str) -> None:
+def _worker(task: str, workdir: str, stop_at_step: int, result_path: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
 
   # Before any backend work: 2 CPU devices per process; gloo is the CPU cross-process collective backend
@@ -34,9 +35,14 @@ def _worker(workdir: str, stop_at_step: int, result_path: str) -> None:
   assert distributed.maybe_initialize(), "the JAX_* env vars should have triggered jax.distributed"
   assert jax.process_count() == NUM_PROCESSES and jax.device_count() == NUM_PROCESSES * LOCAL_DEVICES
 
-  from configs import hat as hat_config  # pylint: disable=g-import-not-at-top
   from hat_jax.train import trainer  # pylint: disable=g-import-not-at-top
-  config = hat_config.get_config("size=test,corpus=toy")
+  if task == "hat":
+    from configs import hat as hat_config  # pylint: disable=g-import-not-at-top
+    config = hat_config.get_config("size=test,corpus=toy")
+  else:
+    sys.path.insert(0, os.path.join(_ROOT, "tests", "train"))
+    import toy_task  # pylint: disable=g-import-not-at-top
+    config = toy_task.toy_config()
   config.train.steps, config.train.log_every = TOTAL_STEPS, 1
   config.train.checkpoint_every, config.train.eval_every = 2, 100  # eval only at the final step
   result = trainer.train(config, workdir, stop_at_step=stop_at_step)
@@ -50,7 +56,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir: str, stop_at_step: int, tmp_path) -> list[dict]:
+def _launch(task: str, workdir: str, stop_at_step: int, tmp_path) -> list[dict]:
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the suite's 8-device flag
   # Launch 2 compiles the same programs as launch 1: a shared persistent cache skips that work.
@@ -62,7 +68,7 @@ def _launch(workdir: str, stop_at_step: int, tmp_path) -> list[dict]:
     out = tmp_path / f"result_{stop_at_step}_{i}.json"
     outputs.append(out)
     procs.append(subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), workdir, str(stop_at_step), str(out)],
+        [sys.executable, os.path.abspath(__file__), task, workdir, str(stop_at_step), str(out)],
         env={**env, "JAX_PROCESS_ID": str(i)}, cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True))
   logs, start = [], time.perf_counter()
@@ -82,13 +88,14 @@ def _launch(workdir: str, stop_at_step: int, tmp_path) -> list[dict]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_two_process_train_save_restore(tmp_path):
+@pytest.mark.parametrize("task", ["toy", "hat"])
+def test_two_process_train_save_restore(task, tmp_path):
   workdir = str(tmp_path / "run")
-  first = _launch(workdir, 2, tmp_path)
+  first = _launch(task, workdir, 2, tmp_path)
   assert [r["step"] for r in first] == [2.0, 2.0]
   assert first[0]["train/loss"] == first[1]["train/loss"]  # one global loss, seen by both processes
 
-  second = _launch(workdir, TOTAL_STEPS, tmp_path)
+  second = _launch(task, workdir, TOTAL_STEPS, tmp_path)
   assert [r["step"] for r in second] == [float(TOTAL_STEPS)] * 2
   assert second[0]["train/loss"] == second[1]["train/loss"]
   assert second[0]["eval/loss"] == second[1]["eval/loss"]
@@ -105,4 +112,4 @@ def test_two_process_train_save_restore(tmp_path):
 
 
 if __name__ == "__main__":
-  _worker(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+  _worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
