@@ -6,7 +6,7 @@
    the Axial Transformer over pixels (configs/axial.py) with the trainer, same step count and batch.
 3. Test NLL from the trainer's eval (on `--eval_examples` MNIST test images): bits per image over the VQ
    tokens (VAR, raster AR: same tokens, directly comparable) and pixel bits/dim (Axial).
-4. Sampling: for each model, one jitted class-conditional sampler at batch `--sample_batch`, warmed up
+4. Sampling: for each model, one jitted class-conditional sampler per batch in `--sample_batches`, warmed up
    (compile excluded), then the mean of `--repeats` timed runs -> images/s; sequential network passes
    per image (VAR: one per scale; raster AR: one per token; Axial: H outer + H*W inner row passes).
 5. Write results.md / results.json and PNG grids of class-conditional samples into --workdir.
@@ -57,12 +57,13 @@ def configure(config, args, name: str):
   return config
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, previous: dict) -> dict:
   t0 = time.perf_counter()
   final = trainer.train(config, workdir)
   final["train_seconds"] = time.perf_counter() - t0
-  if "eval/loss" not in final:  # already trained (rerun): evaluate the checkpoint
+  if "eval/loss" not in final:  # already trained (rerun): evaluate the checkpoint, keep the first timing
     final.update(trainer.evaluate(config, workdir))
+    final["train_seconds"] = previous.get("train_seconds", float("nan"))
   return final
 
 
@@ -84,18 +85,23 @@ def main():
   p.add_argument("--vq_steps", type=int, default=600)
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--eval_examples", type=int, default=2000, help="first MNIST test images for the NLL (0 = all)")
-  p.add_argument("--sample_batch", type=int, default=40, help="images per sampling call (a multiple of 10)")
+  p.add_argument("--sample_batches", default="10,40", help="images per sampling call (multiples of 10), comma separated")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--cfg_scale", type=float, default=2.0)
   p.add_argument("--source", default="mnist", choices=["mnist", "synthetic"])
   args = p.parse_args()
   os.makedirs(args.workdir, exist_ok=True)
+  batches = [int(b) for b in args.sample_batches.split(",")]
+  if any(b % 10 or b < 10 for b in batches):
+    raise ValueError(f"--sample_batches must be positive multiples of 10 (one label per class), got {batches}.")
+  previous_path = os.path.join(args.workdir, "results.json")
+  previous = json.load(open(previous_path)) if os.path.exists(previous_path) else {}
   results: dict = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, "
                    f"jax {jax.__version__} {jax.default_backend()}", "args": vars(args)}
 
   # 1. Tokenizer.
   cfgs = {"vqvae": configure(vqvae_config.get_config("small"), args, "vqvae")}
-  results["vqvae"] = train(cfgs["vqvae"], os.path.join(args.workdir, "vqvae"))
+  results["vqvae"] = train(cfgs["vqvae"], os.path.join(args.workdir, "vqvae"), previous.get("vqvae", {}))
   print(trainer.sample(cfgs["vqvae"], os.path.join(args.workdir, "vqvae")), flush=True)
 
   # 2. Generators.
@@ -105,32 +111,35 @@ def main():
   for config in (cfgs["var"], cfgs["raster_ar"]):
     config.sample.cfg_scale = args.cfg_scale
   for name in ("var", "raster_ar", "axial"):
-    results[name] = train(cfgs[name], os.path.join(args.workdir, name))
+    results[name] = train(cfgs[name], os.path.join(args.workdir, name), previous.get(name, {}))
     print(name, {k: round(v, 4) for k, v in results[name].items() if k.startswith("eval/")}, flush=True)
 
   # 3-4. Sampling speed, all in this process one after another.
-  labels = jnp.tile(jnp.arange(10, dtype=jnp.int32), args.sample_batch // 10)
   samplers = {}
   run, var_params, _ = trainer.restore_params(cfgs["var"], os.path.join(args.workdir, "var"))
   vt = run.task
-  samplers["var"] = (len(vt.var_cfg.scales), lambda key, vt=vt, prm=var_params: var_lib.sample(
+  samplers["var"] = (len(vt.var_cfg.scales), lambda key, labels, vt=vt, prm=var_params: var_lib.sample(
       vt.model, prm, vt.vq, vt.vq_params, labels, key, cfg_scale=args.cfg_scale)[0])
   run, ar_params, _ = trainer.restore_params(cfgs["raster_ar"], os.path.join(args.workdir, "raster_ar"))
   rt = run.task
-  samplers["raster_ar"] = (rt.ar_cfg.seq_len, lambda key, rt=rt, prm=ar_params: rt.vq.apply(
+  samplers["raster_ar"] = (rt.ar_cfg.seq_len, lambda key, labels, rt=rt, prm=ar_params: rt.vq.apply(
       rt.vq_params, raster_lib.sample(rt.model, prm, labels, key, cfg_scale=args.cfg_scale),
       method=MultiScaleVQVAE.decode))
   run, ax_params, _ = trainer.restore_params(cfgs["axial"], os.path.join(args.workdir, "axial"))
   at = run.task
   size = at.axial_cfg.image_size
-  samplers["axial"] = (size + size * size, lambda key, at=at, prm=ax_params: axial_lib.sample(
+  samplers["axial"] = (size + size * size, lambda key, labels, at=at, prm=ax_params: axial_lib.sample(
       at.model, prm, labels, key))
-  for name, (steps, fn) in samplers.items():
-    seconds, images = time_sampler(fn, args.repeats)
-    results[name].update(sample_steps=steps, sample_seconds=seconds, images_per_sec=args.sample_batch / seconds)
-    grid = image_tasks.image_grid(np.asarray(images), rows=args.sample_batch // 10)
-    image_tasks.write_png(os.path.join(args.workdir, f"samples_{name}.png"), grid)
-    print(name, f"{steps} sequential passes, {seconds:.3f} s per {args.sample_batch} images", flush=True)
+  for nb in batches:
+    labels = jnp.tile(jnp.arange(10, dtype=jnp.int32), nb // 10)
+    for name, (steps, fn) in samplers.items():
+      seconds, images = time_sampler(lambda key, fn=fn, labels=labels: fn(key, labels), args.repeats)
+      results[name].update({"sample_steps": steps, f"sample_seconds@{nb}": seconds,
+                            f"images_per_sec@{nb}": nb / seconds})
+      if nb == max(batches):
+        grid = image_tasks.image_grid(np.asarray(images), rows=nb // 10)
+        image_tasks.write_png(os.path.join(args.workdir, f"samples_{name}.png"), grid)
+      print(name, f"{steps} sequential passes, {seconds:.3f} s per {nb} images", flush=True)
 
   # 5. Table.
   v, r, a, q = results["var"], results["raster_ar"], results["axial"], results["vqvae"]
@@ -142,21 +151,22 @@ def main():
   fmt = lambda x: x if isinstance(x, str) else f"{x:.3f}"  # noqa: E731
   lines = [
       "| model | test NLL, bits/image | VQ-token bits per pixel | pixel bits/dim | sequential passes | "
-      "images/s (CPU) | train s |",
-      "|---|---|---|---|---|---|---|",
+      + " | ".join(f"images/s, batch {nb}" for nb in batches) + " | train s |",
+      "|---|---|---|---|---|" + "---|" * len(batches) + "---|",
   ]
   for label, bpi, tok_bpd, pix_bpd, res in rows:
-    lines.append(f"| {label} | {bpi:.1f} | {fmt(tok_bpd)} | {fmt(pix_bpd)} | {res['sample_steps']} | "
-                 f"{res['images_per_sec']:.1f} | {res['train_seconds']:.0f} |")
+    speeds = " | ".join(f"{res[f'images_per_sec@{nb}']:.1f}" for nb in batches)
+    lines.append(f"| {label} | {bpi:.1f} | {fmt(tok_bpd)} | {fmt(pix_bpd)} | {res['sample_steps']} | {speeds} | "
+                 f"{res['train_seconds']:.0f} |")
   lines += [
       "",
       f"Tokenizer (test, {args.eval_examples or 10000} images): PSNR {q['eval/psnr']:.2f} dB, MSE "
       f"{q['eval/recon_mse']:.5f} on [0, 1] pixels, L1 {q['eval/recon_l1']:.4f}, codebook used per batch "
       f"{q['eval/codebook_used']:.2f}.",
-      f"VAR vs raster AR: {r['sample_steps'] / v['sample_steps']:.1f}x fewer sequential steps, "
-      f"{v['images_per_sec'] / r['images_per_sec']:.1f}x faster sampling; vs Axial: "
-      f"{a['sample_steps'] / v['sample_steps']:.1f}x fewer steps, {v['images_per_sec'] / a['images_per_sec']:.1f}x faster.",
-  ]
+      f"VAR vs raster AR: {r['sample_steps'] / v['sample_steps']:.1f}x fewer sequential steps; vs Axial: "
+      f"{a['sample_steps'] / v['sample_steps']:.1f}x fewer.",
+  ] + [f"Batch {nb}: VAR samples {v[f'images_per_sec@{nb}'] / r[f'images_per_sec@{nb}']:.1f}x faster than the "
+       f"raster AR and {v[f'images_per_sec@{nb}'] / a[f'images_per_sec@{nb}']:.1f}x faster than Axial." for nb in batches]
   table = "\n".join(lines)
   print(table)
   with open(os.path.join(args.workdir, "results.md"), "w") as f:

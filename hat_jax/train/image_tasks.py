@@ -133,7 +133,9 @@ def load_params(path: str):
         f"--config=configs/vqvae.py:tiny --workdir=runs/vqvae --mode=train_and_sample "
         f"--config.sample.output_dir={os.path.dirname(path) or '.'}, then set config.tokenizer.params_path.")
   with np.load(path) as f:
-    return traverse_util.unflatten_dict({k: jnp.asarray(f[k]) for k in f.files}, sep="/")
+    # numpy, not jnp: the params may first be touched inside a trace (a Task's loss), and numpy constants
+    # never become tracers.
+    return traverse_util.unflatten_dict({k: np.asarray(f[k]) for k in f.files}, sep="/")
 
 
 def image_grid(images: np.ndarray, rows: int) -> np.ndarray:
