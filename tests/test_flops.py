@@ -83,6 +83,7 @@ def test_unknown_task_errors_clearly():
   with pytest.raises(ValueError, match="No analytic FLOP formula for task 'var'"):
     flops.training_flops(config)
   assert flops.step_flops_or_none(config) is None
+  assert flops.step_flops_or_none(config, {"inputs": jnp.zeros((2, 8))}) is None  # other tasks' batches
   assert flops.step_flops_or_none(hat_config.get_config("size=test,corpus=toy")) > 0
 
 
@@ -97,3 +98,15 @@ def test_mfu_and_peak_table():
     assert flops.mfu(peak, 1.0, 1, kind) == pytest.approx(1.0), kind
   assert flops.format_mfu(0.4567) == "45.7%"
   assert "TFLOP/s" in flops.describe_peak("TPU v4")
+
+
+def test_trainer_logs_analytic_model_flops(tmp_path):
+  from hat_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from hat_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  config = bytes_config.get_config("size=test,corpus=toy")
+  config.train.steps, config.train.log_every, config.train.eval_every = 3, 3, 100
+  trainer.train(config, str(tmp_path), devices=jax.devices()[:1])
+  record = metrics_lib.read_jsonl(str(tmp_path), "train")[-1]
+  expected = flops.training_flops(config)["train"] * record["steps_per_sec"] / 1e12
+  assert record["model_tflops_per_sec_per_device"] == pytest.approx(expected)
+  assert "mfu" not in record  # CPU: no peak entry, MFU is n/a (the compile line says so)

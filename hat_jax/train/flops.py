@@ -139,6 +139,9 @@ def training_flops(config, batch: Mapping[str, Any] | None = None, *, attention:
   config.data.seq_bytes / seq_words. Returns {"train": 3 x forward, "forward", "forward/<level>"}.
   """
   task = str(config.task)
+  if task not in ("hat", "bytes"):
+    raise ValueError(f"No analytic FLOP formula for task {task!r} (known: 'hat', 'bytes'); use "
+                     f"transformer_lm_flops / stack_forward_flops in hat_jax.train.flops for a new task.")
   if batch is not None:
     b, s = _shape(batch, "bytes")[:2]
     w = _shape(batch, "word_lengths")[1] if "word_lengths" in batch else int(config.data.get("seq_words", 0))
@@ -149,10 +152,7 @@ def training_flops(config, batch: Mapping[str, Any] | None = None, *, attention:
     row = hat_forward_flops(config.model, s, w, max_word_bytes=config.data.get("max_word_bytes"),
                             attention=attention)
     return _finish({k: b * v for k, v in row.items()})
-  if task == "bytes":
-    return transformer_lm_flops(Stack.from_config(config.model.stack), s, b, BYTE_VOCAB, attention=attention)
-  raise ValueError(f"No analytic FLOP formula for task {task!r} (known: 'hat', 'bytes'); use "
-                   f"transformer_lm_flops / stack_forward_flops in hat_jax.train.flops for a new task.")
+  return transformer_lm_flops(Stack.from_config(config.model.stack), s, b, BYTE_VOCAB, attention=attention)
 
 
 def mfu(train_flops_per_step: float, steps_per_sec: float, num_devices: int, device_kind: str) -> float | None:

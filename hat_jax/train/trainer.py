@@ -10,7 +10,8 @@ so the device always has queued work while the host checks for NaN, logs and rea
 Per run directory (`workdir`): `checkpoints/<step>/{state,data,config}` (see `checkpoint.py`),
 `metrics.jsonl` and `tensorboard/` (process 0 only). Train metrics are window means over
 `log_every` steps plus `<count>_per_sec` for each of `task.throughput_counts`, `steps_per_sec`,
-`tflops_per_sec_per_device` (XLA-counted) and `hfu` on known accelerators; eval metrics are means
+`tflops_per_sec_per_device` (XLA-counted) and `hfu` on known accelerators, and for tasks with an
+analytic count (`hat_jax.train.flops`: hat, bytes) `model_tflops_per_sec_per_device` and `mfu`; eval metrics are means
 over `task.eval_batches()` except `task.sum_metrics`, which are summed.
 
 Failure handling: a non-finite loss or gradient norm raises FloatingPointError naming the step, and
@@ -39,6 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from hat_jax import sharding
 from hat_jax.train import checkpoint as ckpt_lib
+from hat_jax.train import flops as flops_lib
 from hat_jax.train import metrics as metrics_lib
 from hat_jax.train import optim, registry
 from hat_jax.train.task import Task
@@ -185,7 +187,7 @@ def _make_train_step(run: Run, batch_shardings):
 
 
 def _compile_train_step(run: Run, state: State, global_batch, writer: metrics_lib.MetricWriter):
-  """Compile ahead of time (once): report XLA-counted FLOPs and per-device memory before step 0."""
+  """Compile ahead of time (once): report XLA-counted and analytic FLOPs and per-device memory before step 0."""
   jitted = _make_train_step(run, jax.tree_util.tree_map(lambda x: x.sharding, global_batch))
   compiled = jitted.lower(state, global_batch).compile()
   per_device = metrics_lib.compiled_flops(compiled)
@@ -195,8 +197,12 @@ def _compile_train_step(run: Run, state: State, global_batch, writer: metrics_li
     line += f"; {per_device / 1e9:.3f} GFLOPs/device/step (XLA count)"
   if peak:
     line += f"; hfu against {peak[0] / 1e12:.0f} TFLOP/s per device ({peak[1]})"
+  analytic = flops_lib.step_flops_or_none(run.config, global_batch)  # model FLOPs of the global batch
+  if analytic:
+    line += (f"; {analytic / 1e9:.3f} GFLOPs/step analytic (model); "
+             f"{flops_lib.describe_peak(jax.devices()[0].device_kind)}")
   writer.print(line)
-  return compiled, {"per_device": per_device, "peak": peak[0] if peak else None}
+  return compiled, {"per_device": per_device, "peak": peak[0] if peak else None, "analytic": analytic}
 
 
 def _make_eval_step(run: Run):
@@ -340,6 +346,11 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
           logged["tflops_per_sec_per_device"] = flops["per_device"] * logged["steps_per_sec"] / 1e12
           if flops["peak"]:
             logged["hfu"] = logged["tflops_per_sec_per_device"] * 1e12 / flops["peak"]
+        if flops["analytic"]:
+          model_flops_per_device = flops["analytic"] * logged["steps_per_sec"] / run.mesh.devices.size
+          logged["model_tflops_per_sec_per_device"] = model_flops_per_device / 1e12
+          if flops["peak"]:
+            logged["mfu"] = model_flops_per_device / flops["peak"]
       writer.write(s + 1, "train", logged)
       result = {f"train/{k}": v for k, v in logged.items()}
       window.reset()
