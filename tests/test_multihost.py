@@ -3,7 +3,7 @@
 Launch 1 trains for 2 of 4 steps through `trainer.train` (per-process grain data slices, a 4-device
 global mesh spanning both processes) and checkpoints with orbax from both processes; launch 2 (two
 fresh processes) restores step 2 and continues to step 4. Two tasks: the trainer tests' toy task
-(~75 s on 2 shared CPU cores) and the HAT `size=test,corpus=toy` config (~190 s: four HAT compiles).
+(45-70 s on 2 shared CPU cores) and the HAT `size=test,corpus=toy` config (115-190 s: four HAT compiles).
 The processes join through the env path of `hat_jax.distributed.maybe_initialize`
 (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), exactly as `hat_jax.main` does.
 
