@@ -426,5 +426,7 @@ def evaluate(config, workdir: str, devices=None) -> dict[str, float]:
 def sample(config, workdir: str, devices=None) -> str:
   """Restore the latest checkpoint and return `task.sample(params, rng)`."""
   run, params, _ = restore_params(config, workdir, devices)
-  with run.use_mesh():
+  # Sampling batches are small (a few prompts) and need not divide the mesh, so activations are left
+  # unconstrained: rules without a mesh make the model's logical constraints no-ops.
+  with nn.logical_axis_rules(run.rules):
     return run.task.sample(params, run.rng(_SAMPLE_STREAM))

@@ -51,9 +51,9 @@ def one_device_reference():
 def test_init_loss_and_grads_match_one_device(sizes, attention, one_device_reference):
   batch, ref_params, ref_loss, ref_grads = one_device_reference(attention)
   run = trainer.build(mesh_config(sizes, attention))
-  # The attention toy uses flax DenseGeneral, which cannot be traced under a mesh (see
-  # trainer._probe_mesh_context); the MLP-only toy runs with its activation constraints.
-  assert run.constrain_activations == (not attention)
+  # Both toys (layers.Attention uses DenseND, not flax DenseGeneral) trace under the mesh, so their
+  # activation constraints are on.
+  assert run.constrain_activations
   params = run.init_fn(run.rng(0))["params"]
   gate = (params["stack"]["layer_0"]["mlp"] if attention else params["mlp"])["gate"]["kernel"]
   assert gate.sharding.spec == P("fsdp", "tensor")
