@@ -57,6 +57,7 @@ def test_repo_sweep_specs_parse():
     assert config.train.steps == runs[0]["train.steps"]
 
 
+@pytest.mark.slow  # two real training runs and a fitted report: minutes on 2 cores
 def test_run_skip_resume_results_and_commands(tmp_path, monkeypatch, capsys):
   spec, workdir = _write_spec(tmp_path), str(tmp_path / "work")
   runs, _ = sweep.load_sweep(spec)

@@ -206,7 +206,7 @@ def test_tiny_config_task_loss_and_sample(config_module):
   params = task.init_params(jax.random.key(0))
   batch = next(DocumentWindows([bytes(range(97, 123)) * 4], 2, config.data.seq_len, L, seed=0,
                                random_pad=config.data.random_pad_first_block))
-  loss, metrics = task.loss(params, batch, None)
+  loss, metrics = jax.jit(task.loss)(params, batch, None)
   assert np.isfinite(float(loss)) and float(metrics["target_bytes"]) == task.units_per_batch(batch) > 0
   text = task.sample(params, jax.random.key(1))
   assert isinstance(text, str) and len(text.encode("utf-8", errors="surrogateescape")) >= 1

@@ -42,14 +42,14 @@ def test_loss_and_metrics_finite_and_learnable(variant):
   model, batch = build_hat(hat_cfg(variant)), packed_batch()
   params = model.init(jax.random.key(0), batch, method=model.loss_and_metrics)
   loss_fn = lambda p: model.apply(p, batch, method=model.loss_and_metrics)
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
   assert np.isfinite(float(loss)) and set(metrics) >= {"bits_per_byte", "word_accuracy", "byte_accuracy"}
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   # a few SGD steps on one batch reduce the loss
   sgd = jax.jit(lambda p: jax.tree.map(lambda w, g: w - 0.05 * g, p, jax.grad(lambda q: loss_fn(q)[0])(p)))
   for _ in range(5):
     params = sgd(params)
-  assert float(loss_fn(params)[0]) < float(loss)
+  assert float(jax.jit(loss_fn)(params)[0]) < float(loss)
 
 
 def test_logits_shape_and_causality_within_words():
