@@ -18,12 +18,13 @@ CFG = VARConfig(STACK, scales=VQ.scales, vocab_size=VQ.vocab_size, z_channels=VQ
 def setup():
   vq = MultiScaleVQVAE(VQ)
   images = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
-  vq_params = vq.init(jax.random.key(0), images)
-  tokens = vq.apply(vq_params, images, method=MultiScaleVQVAE.encode)
-  x_in = vq.apply(vq_params, tokens, method=MultiScaleVQVAE.var_inputs)
+  # jitted: eager init/apply of the conv tokenizer dispatches op by op and takes tens of seconds
+  vq_params = jax.jit(vq.init)(jax.random.key(0), images)
+  tokens = jax.jit(lambda p, x: vq.apply(p, x, method=MultiScaleVQVAE.encode))(vq_params, images)
+  x_in = jax.jit(lambda p, t: vq.apply(p, t, method=MultiScaleVQVAE.var_inputs))(vq_params, tokens)
   model = VAR(CFG)
   labels = jnp.array([3, 7])
-  params = model.init(jax.random.key(1), labels, x_in)
+  params = jax.jit(model.init)(jax.random.key(1), labels, x_in)
   return vq, vq_params, model, params, labels, x_in
 
 
