@@ -49,15 +49,19 @@ def _crop(caches: tuple[KVCache, ...], amount: jax.Array) -> tuple[KVCache, ...]
   return tuple(c._replace(length=c.length - amount) for c in caches)
 
 
+def _check_sampler_inputs(cfg: HATConfig, splitter: WordSplitter, variant: str, other: str) -> None:
+  if cfg.variant != variant:
+    raise ValueError(f"this sampler is for variant={variant!r}, the model is {cfg.variant!r}; use {other}.")
+  if splitter.max_word_bytes != cfg.max_word_bytes:
+    raise ValueError(f"splitter.max_word_bytes ({splitter.max_word_bytes}) must match the model's "
+                     f"max_word_bytes ({cfg.max_word_bytes}).")
+
+
 class HATSampler:
   """Generates bytes from a trained tfree HAT. `params` are the model's variables ({'params': ...})."""
 
   def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_bytes: int = 512):
-    if cfg.variant != "tfree":
-      raise ValueError("HATSampler is for the released design (variant='tfree'); use PaperHATSampler.")
-    if splitter.max_word_bytes != cfg.max_word_bytes:
-      raise ValueError(f"splitter.max_word_bytes ({splitter.max_word_bytes}) must match the model's "
-                       f"max_word_bytes ({cfg.max_word_bytes}).")
+    _check_sampler_inputs(cfg, splitter, "tfree", "PaperHATSampler")
     self.cfg, self.params, self.splitter, self.max_total = cfg, params, splitter, max_total_bytes
     self.model = HAT(cfg)
     model = self.model
@@ -225,11 +229,7 @@ class PaperHATSampler:
   def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_words: int = 256):
     from hat_jax.models.hat import PaperHAT
 
-    if cfg.variant != "paper":
-      raise ValueError("PaperHATSampler is for variant='paper'; use HATSampler for the released design.")
-    if splitter.max_word_bytes != cfg.max_word_bytes:
-      raise ValueError(f"splitter.max_word_bytes ({splitter.max_word_bytes}) must match the model's "
-                       f"max_word_bytes ({cfg.max_word_bytes}).")
+    _check_sampler_inputs(cfg, splitter, "paper", "HATSampler")
     self.cfg, self.params, self.splitter, self.max_words = cfg, params, splitter, max_total_words
     model = PaperHAT(cfg)
 

@@ -89,7 +89,7 @@ class ByteLMTask(Task):
 
   def throughput_counts(self, batch) -> dict[str, float]:
     """Bytes and words per batch (real ones, padding excluded) for bytes/s and words/s."""
-    return {"bytes": float((np.asarray(batch["segment_ids"]) > 0).sum()),
+    return {"bytes": float(self.units_per_batch(batch)),
             "words": float((np.asarray(batch["word_lengths"]) > 0).sum())}
 
   def units_per_batch(self, batch) -> int:
