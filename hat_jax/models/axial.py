@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from hat_jax.kernels import axial_attention
 from hat_jax.models.layers import RMSNorm, SwiGLU, dense_init
 from hat_jax.models.var import sample_top_k_top_p, small_normal
-from hat_jax.models.vqvae import check_images, dataclass_from_config
+from hat_jax.models.layers import dataclass_from_config
+from hat_jax.models.vqvae import check_images
 
 
 @dataclasses.dataclass(frozen=True)

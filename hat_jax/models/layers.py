@@ -22,6 +22,16 @@ from hat_jax.kernels import MaskSpec, attention
 Dtype = Any
 
 
+def dataclass_from_config(cls, cfg, what: str):
+  """Build dataclass `cls` from a ConfigDict/mapping, naming unknown fields in the error."""
+  cfg = dict(cfg)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(cfg) - names)
+  if unknown:
+    raise ValueError(f"Unknown {what} config fields {unknown}; valid fields: {sorted(names)}.")
+  return cls(**cfg)
+
+
 @dataclasses.dataclass(frozen=True)
 class StackConfig:
   """Shape of one transformer stack (encoder, backbone, decoder, ...)."""
@@ -51,12 +61,7 @@ class StackConfig:
   @classmethod
   def from_config(cls, cfg) -> "StackConfig":
     """Build from an ml_collections ConfigDict (or any mapping) with the same field names."""
-    cfg = dict(cfg)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(cfg) - names)
-    if unknown:
-      raise ValueError(f"Unknown transformer-stack config fields {unknown}; valid fields: {sorted(names)}.")
-    return cls(**cfg)
+    return dataclass_from_config(cls, cfg, "transformer-stack")
 
 
 def dense_init(scale: float = 1.0):

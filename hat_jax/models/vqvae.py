@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hat_jax.models.layers import dataclass_from_config
+
 # ---------------------------------------------------------------------------------------------------
 # Config and input checks
 
@@ -69,16 +71,6 @@ class VQConfig:
   @classmethod
   def from_config(cls, cfg) -> "VQConfig":
     return dataclass_from_config(cls, cfg, "VQVAE")
-
-
-def dataclass_from_config(cls, cfg, what: str):
-  """Build dataclass `cls` from a ConfigDict/mapping, naming unknown fields in the error."""
-  cfg = dict(cfg)
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(cfg) - names)
-  if unknown:
-    raise ValueError(f"Unknown {what} config fields {unknown}; valid fields: {sorted(names)}.")
-  return cls(**cfg)
 
 
 def check_images(images: Any, image_size: int, channels: int) -> jax.Array:
