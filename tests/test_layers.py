@@ -5,6 +5,7 @@ import pytest
 
 from hat_jax.kernels import MaskSpec, dense_mask
 from hat_jax.models.layers import KVCache, StackConfig, Stack, apply_rope, stack_mask
+from tests import jit_helpers
 
 
 def _inputs(batch=2, length=10, d=32, seed=1):
@@ -18,7 +19,7 @@ def test_cached_decoding_equals_full_forward(window):
   cfg = StackConfig(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64, window=window)
   stack = Stack(cfg, stack_mask(cfg))
   x, pos, seg = _inputs()
-  params = stack.init(jax.random.key(0), x, positions=pos, segment_ids=seg)
+  params = jit_helpers.init(stack, jax.random.key(0), x, positions=pos, segment_ids=seg)
   full, _ = stack.apply(params, x, positions=pos, segment_ids=seg)
   caches = stack.empty_caches(2, 16)
   out, caches = stack.apply(params, x[:, :6], positions=pos[:, :6], segment_ids=seg[:, :6], caches=caches)
@@ -36,7 +37,7 @@ def test_documents_do_not_attend_across_segments():
   stack = Stack(cfg, stack_mask(cfg))
   x, pos, _ = _inputs(batch=1, length=8)
   seg = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2]])
-  params = stack.init(jax.random.key(0), x, positions=pos, segment_ids=seg)
+  params = jit_helpers.init(stack, jax.random.key(0), x, positions=pos, segment_ids=seg)
   out, _ = stack.apply(params, x, positions=pos, segment_ids=seg)
   # Changing document 1 must not change document 2's outputs.
   x2 = x.at[:, :3].set(0.0)

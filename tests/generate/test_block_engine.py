@@ -10,6 +10,7 @@ from hat_jax.generate.sampling import SamplingConfig
 from hat_jax.models.block_transformer import (
     DECODINGS, BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM)
 from hat_jax.models.layers import StackConfig
+from tests import jit_helpers
 
 L = 4
 
@@ -21,7 +22,7 @@ def stack(d, layers=2):
 def block_setup(decoding):
   cfg = BlockTransformerConfig(stack(16), stack(16), decoding=decoding)
   model = BlockTransformer(cfg)
-  return cfg, model, model.init(jax.random.key(0), jnp.zeros((1, 2 * L), jnp.int32))
+  return cfg, model, jit_helpers.init(model, jax.random.key(0), jnp.zeros((1, 2 * L), jnp.int32))
 
 
 def prompt(batch=2, length=7, seed=3):
@@ -35,7 +36,7 @@ def test_block_cached_generation_equals_uncached_logits(decoding):
   out, logits = block_generate(cfg, params, p, jax.random.key(1), num_new=3 * L, return_logits=True)
   assert out.shape == (2, 3 * L) and logits.shape == (2, 3 * L, 256)
   full = jnp.concatenate([left_pad(p, L, cfg.pad_id), out], axis=1)  # [2, 20]
-  ref = model.apply(params, full).reshape(2, -1, 256)[:, -3 * L:]  # predictions of the generated blocks
+  ref = jit_helpers.apply(model, params, full).reshape(2, -1, 256)[:, -3 * L:]  # predictions of the generated blocks
   np.testing.assert_allclose(logits, ref, atol=2e-5, rtol=1e-5)
   np.testing.assert_array_equal(out, np.argmax(np.asarray(ref), axis=-1))  # greedy
 
@@ -43,10 +44,10 @@ def test_block_cached_generation_equals_uncached_logits(decoding):
 def test_vanilla_cached_generation_equals_uncached_logits():
   cfg = VanillaConfig(stack(16))
   model = VanillaLM(cfg)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  params = jit_helpers.init(model, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
   p = prompt(length=5)
   out, logits = vanilla_generate(cfg, params, p, jax.random.key(1), num_new=6, return_logits=True)
-  ref, _ = model.apply(params, jnp.concatenate([p, out], axis=1))
+  ref, _ = jit_helpers.apply(model, params, jnp.concatenate([p, out], axis=1))
   np.testing.assert_allclose(logits, ref[:, 4:-1], atol=2e-5, rtol=1e-5)
   np.testing.assert_array_equal(out, np.argmax(np.asarray(ref[:, 4:-1]), axis=-1))
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from hat_jax.models.layers import Stack, StackConfig, stack_mask
+from tests import jit_helpers
 
 CFG = StackConfig(d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=32, window=3)
 
@@ -17,7 +18,7 @@ def _setup():
   x = jax.random.normal(jax.random.key(0), (1, 11, 16))
   pos = jnp.arange(11)[None]
   seg = jnp.array([[1] * 5 + [2] * 4 + [0] * 2])  # two documents, then padding
-  params = Stack(CFG, stack_mask(CFG)).init(jax.random.key(1), x, positions=pos, segment_ids=seg)
+  params = jit_helpers.init(Stack(CFG, stack_mask(CFG)), jax.random.key(1), x, positions=pos, segment_ids=seg)
 
   def loss(impl, params, x):
     out, _ = Stack(CFG, stack_mask(CFG), impl).apply(params, x, positions=pos, segment_ids=seg)

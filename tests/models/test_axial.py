@@ -5,6 +5,7 @@ import pytest
 
 from hat_jax.models import axial as axial_lib
 from hat_jax.models.axial import AxialConfig, AxialTransformer, shift_down, shift_right
+from tests import jit_helpers
 
 CFG = AxialConfig(image_size=6, d_model=16, num_heads=2, head_dim=8, mlp_dim=32, num_outer_layers=1,
                   num_inner_layers=1)
@@ -15,7 +16,7 @@ def setup():
   model = AxialTransformer(CFG)
   images = np.random.default_rng(0).integers(0, 256, (2, 6, 6), dtype=np.uint8)
   labels = jnp.array([1, 4])
-  return model, model.init(jax.random.key(0), images, labels), images, labels
+  return model, jit_helpers.init(model, jax.random.key(0), images, labels), images, labels
 
 
 def test_shifts():
@@ -27,12 +28,12 @@ def test_shifts():
 def test_raster_order_receptive_field(setup):
   """Logits at (i, j) depend exactly on the pixels before (i, j) in raster order."""
   model, params, images, labels = setup
-  logits = model.apply(params, images, labels)
+  logits = jit_helpers.apply(model, params, images, labels)
   assert logits.shape == (2, 6, 6, 256)
   for (i, j) in [(0, 0), (2, 3), (3, 5), (5, 5)]:
     changed = images.copy()
     changed[0, i, j] = (int(changed[0, i, j]) + 101) % 256
-    diff = np.abs(np.asarray(model.apply(params, changed, labels) - logits)).max(-1)
+    diff = np.abs(np.asarray(jit_helpers.apply(model, params, changed, labels) - logits)).max(-1)
     flat = diff[0].reshape(-1)
     pos = i * 6 + j
     assert (flat[:pos + 1] == 0).all(), (i, j)
@@ -56,14 +57,14 @@ def test_sample_matches_model_distribution_with_top_k_1(setup):
   """Greedy sampling (top_k=1) must equal the argmax of the full model's logits at every pixel."""
   model, params, _, labels = setup
   out = np.asarray(axial_lib.sample(model, params, labels, jax.random.key(1), top_k=1))[..., 0]
-  logits = model.apply(params, out, labels)
+  logits = jit_helpers.apply(model, params, out, labels)
   np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), out)
 
 
 def test_pallas_axial_kernel_matches_xla(setup):
   _, params, images, labels = setup
-  xla = AxialTransformer(CFG, attention_impl="xla").apply(params, images, labels)
-  pallas = AxialTransformer(CFG, attention_impl="pallas").apply(params, images, labels)
+  xla = jit_helpers.apply(AxialTransformer(CFG, attention_impl="xla"), params, images, labels)
+  pallas = jit_helpers.apply(AxialTransformer(CFG, attention_impl="pallas"), params, images, labels)
   np.testing.assert_allclose(pallas, xla, atol=2e-4)
 
 

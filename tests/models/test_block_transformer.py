@@ -10,6 +10,7 @@ from hat_jax.models.block_transformer import (
 from hat_jax.models.layers import StackConfig
 from hat_jax.train.block_tasks import (
     PAD_ID, DocumentWindows, aligned_row, block_align, block_loss, eval_rows, vanilla_loss)
+from tests import jit_helpers
 
 L = 4
 
@@ -23,7 +24,7 @@ def block_cfg(decoding="prefix", **kw):
 
 
 def init(model, seq_len=16, seed=0):
-  return model.init(jax.random.key(seed), jnp.zeros((1, seq_len), jnp.int32))
+  return jit_helpers.init(model, jax.random.key(seed), jnp.zeros((1, seq_len), jnp.int32))
 
 
 def rand_tokens(shape, seed=1):
@@ -35,7 +36,7 @@ def test_shapes_and_embedder(decoding):
   cfg = block_cfg(decoding)
   model = BlockTransformer(cfg)
   params = init(model)
-  logits = model.apply(params, rand_tokens((3, 20)))
+  logits = jit_helpers.apply(model, params, rand_tokens((3, 20)))
   assert logits.shape == (3, 20 // L - 1, L, 256)
   table = params["params"]["embedder"]["embedding"]
   table = getattr(table, "value", table)
@@ -49,9 +50,9 @@ def test_block_causality(decoding):
   model = BlockTransformer(block_cfg(decoding))
   params = init(model)
   tokens = rand_tokens((1, 24))
-  base = model.apply(params, tokens)  # [1, 5, L, V]: index i predicts block i+1
+  base = jit_helpers.apply(model, params, tokens)  # [1, 5, L, V]: index i predicts block i+1
   j, k = 3, 1  # perturb byte k of block j
-  changed = model.apply(params, tokens.at[0, j * L + k].set((tokens[0, j * L + k] + 7) % 256))
+  changed = jit_helpers.apply(model, params, tokens.at[0, j * L + k].set((tokens[0, j * L + k] + 7) % 256))
   diff = np.abs(np.asarray(changed - base)).max(axis=-1)[0]  # [5, L]
   np.testing.assert_array_equal(diff[:j - 1], 0.0)  # earlier blocks' predictions
   np.testing.assert_array_equal(diff[j - 1, :k + 1], 0.0)  # block j's own bytes <= k
@@ -66,7 +67,7 @@ def test_segments_isolate_documents_at_block_level():
   doc_a, doc_b = np.arange(7) + 40, np.arange(13) + 90
   row = aligned_row([doc_a, doc_b], 32, L, [1, 2])
   alone = aligned_row([doc_b], 16, L, [2])
-  get = lambda r: model.apply(params, jnp.asarray(r["tokens"])[None], segment_ids=jnp.asarray(r["segment_ids"])[None],
+  get = lambda r: jit_helpers.apply(model, params, jnp.asarray(r["tokens"])[None], segment_ids=jnp.asarray(r["segment_ids"])[None],
                               positions=jnp.asarray(r["positions"])[None])
   both, single = get(row), get(alone)
   # doc_b starts at block 2 of the row (7 bytes + 1 lead pad -> 2 blocks); its target blocks follow.
@@ -76,11 +77,11 @@ def test_segments_isolate_documents_at_block_level():
 
 def test_vanilla_shapes_and_causality():
   model = VanillaLM(VanillaConfig(stack(16, 2)))
-  params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+  params = jit_helpers.init(model, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
   tokens = rand_tokens((2, 12))
-  logits, caches = model.apply(params, tokens)
+  logits, caches = jit_helpers.apply(model, params, tokens)
   assert logits.shape == (2, 12, 256) and caches is None
-  changed, _ = model.apply(params, tokens.at[:, 5].set(0))
+  changed, _ = jit_helpers.apply(model, params, tokens.at[:, 5].set(0))
   diff = np.abs(np.asarray(changed - logits)).max(axis=(0, 2))
   np.testing.assert_array_equal(diff[:5], 0.0)
   assert diff[5:].min() > 0

@@ -11,6 +11,7 @@ from hat_jax.models import lm_metrics
 from hat_jax.models.bytes_lm import BytesLM, BytesLMConfig
 from hat_jax.models.hat import HAT, HATConfig, build_hat
 from hat_jax.models.layers import StackConfig
+from tests import jit_helpers
 
 M = 8
 
@@ -40,7 +41,7 @@ def single_doc_batch(full: bytes, words: list[bytes]):
 @pytest.mark.parametrize("variant", ["tfree", "paper"])
 def test_loss_and_metrics_finite_and_learnable(variant):
   model, batch = build_hat(hat_cfg(variant)), packed_batch()
-  params = model.init(jax.random.key(0), batch, method=model.loss_and_metrics)
+  params = jit_helpers.init(model, jax.random.key(0), batch, method=model.loss_and_metrics)
   loss_fn = lambda p: model.apply(p, batch, method=model.loss_and_metrics)
   (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
   assert np.isfinite(float(loss)) and set(metrics) >= {"bits_per_byte", "word_accuracy", "byte_accuracy"}
@@ -54,14 +55,14 @@ def test_loss_and_metrics_finite_and_learnable(variant):
 
 def test_logits_shape_and_causality_within_words():
   model, batch = HAT(hat_cfg()), packed_batch()
-  params = model.init(jax.random.key(0), batch)
-  logits = model.apply(params, batch)
+  params = jit_helpers.init(model, jax.random.key(0), batch)
+  logits = jit_helpers.apply(model, params, batch)
   assert logits.shape == (1, 48, 256)
   # Changing bytes after t (keeping the word segmentation) must not change logits at <= t.
   t = 10
   changed = dict(batch, bytes=batch["bytes"].at[0, t + 1:].set(ord("q")))
-  np.testing.assert_allclose(model.apply(params, changed)[0, :t + 1], logits[0, :t + 1], atol=1e-5)
-  assert not np.allclose(model.apply(params, changed)[0, t + 1:], logits[0, t + 1:])
+  np.testing.assert_allclose(jit_helpers.apply(model, params, changed)[0, :t + 1], logits[0, :t + 1], atol=1e-5)
+  assert not np.allclose(jit_helpers.apply(model, params, changed)[0, t + 1:], logits[0, t + 1:])
 
 
 def test_documents_do_not_leak():
@@ -69,9 +70,9 @@ def test_documents_do_not_leak():
   a = packed_batch([b"First document here.", b"Second one."])
   b = packed_batch([b"Other document here.", b"Second one."])
   assert (a["segment_ids"] == b["segment_ids"]).all()
-  params = model.init(jax.random.key(0), a)
+  params = jit_helpers.init(model, jax.random.key(0), a)
   second = np.asarray(a["segment_ids"][0] == 2)
-  np.testing.assert_allclose(model.apply(params, a)[0][second], model.apply(params, b)[0][second], atol=1e-5)
+  np.testing.assert_allclose(jit_helpers.apply(model, params, a)[0][second], jit_helpers.apply(model, params, b)[0][second], atol=1e-5)
 
 
 def test_word_accuracy_counts_whole_words():
@@ -90,7 +91,7 @@ def test_cached_generation_equals_uncached_forward():
   model = HAT(cfg)
   splitter = WordSplitter(max_word_bytes=M)
   init_bytes = bytes([BOS]) + b"Hello"
-  params = model.init(jax.random.key(0), single_doc_batch(init_bytes, [init_bytes[:1], init_bytes[1:]]))
+  params = jit_helpers.init(model, jax.random.key(0), single_doc_batch(init_bytes, [init_bytes[:1], init_bytes[1:]]))
   sampler = HATSampler(cfg, params, splitter, max_total_bytes=96)
   # Sampling random bytes at temperature 1 from an untrained model exercises invalid UTF-8, multi-byte
   # characters and words finished several bytes late.
@@ -99,7 +100,7 @@ def test_cached_generation_equals_uncached_forward():
   for g in gens:
     full = bytes([BOS]) + g.prompt + g.generated
     assert b"".join(g.words) == full and len(g.generated) == 24
-    ref = model.apply(params, single_doc_batch(full, g.words))[0, :len(full) - 1]
+    ref = jit_helpers.apply(model, params, single_doc_batch(full, g.words))[0, :len(full) - 1]
     np.testing.assert_allclose(g.logits, ref, atol=1e-4)
 
 
@@ -108,7 +109,7 @@ def test_greedy_generation_is_deterministic_and_batched_equals_single():
   cfg = hat_cfg()
   model = HAT(cfg)
   init_bytes = bytes([BOS]) + b"Hello"
-  params = model.init(jax.random.key(1), single_doc_batch(init_bytes, [init_bytes[:1], init_bytes[1:]]))
+  params = jit_helpers.init(model, jax.random.key(1), single_doc_batch(init_bytes, [init_bytes[:1], init_bytes[1:]]))
   sampler = HATSampler(cfg, params, WordSplitter(max_word_bytes=M), max_total_bytes=64)
   both = sampler.generate([b"The cat", b"A dog ran"], 12, jax.random.key(0), GREEDY)
   alone = sampler.generate([b"A dog ran"], 12, jax.random.key(9), GREEDY)
@@ -117,7 +118,7 @@ def test_greedy_generation_is_deterministic_and_batched_equals_single():
 
 def test_sampler_rejects_bad_requests():
   cfg = hat_cfg()
-  params = HAT(cfg).init(jax.random.key(0), packed_batch())
+  params = jit_helpers.init(HAT(cfg), jax.random.key(0), packed_batch())
   with pytest.raises(ValueError, match="max_word_bytes"):
     HATSampler(cfg, params, WordSplitter(max_word_bytes=M + 1))
   sampler = HATSampler(cfg, params, WordSplitter(max_word_bytes=M), max_total_bytes=16)
@@ -150,11 +151,11 @@ def test_bytes_baseline_matches_its_cached_sampler():
   from hat_jax.generate.bytes_sampler import generate_bytes
   model = BytesLM(BytesLMConfig(stack(32, window=None, layers=2)))
   batch = packed_batch()
-  params = model.init(jax.random.key(0), batch, method=model.loss_and_metrics)
+  params = jit_helpers.init(model, jax.random.key(0), batch, method=model.loss_and_metrics)
   out = generate_bytes(model, params, [b"Hi"], 12, jax.random.key(0), GREEDY, stop_at_eod=False)[0]
   full = bytes([BOS]) + b"Hi" + out
   # uncached greedy: each generated byte is the argmax of the full forward at the previous position
-  logits, _ = model.apply(params, jnp.array([list(full)]), jnp.arange(len(full))[None], jnp.ones((1, len(full)), jnp.int32))
+  logits, _ = jit_helpers.apply(model, params, jnp.array([list(full)]), jnp.arange(len(full))[None], jnp.ones((1, len(full)), jnp.int32))
   assert list(out) == np.argmax(np.asarray(logits[0, 2:-1]), -1).tolist()
 
 
@@ -164,12 +165,12 @@ def test_paper_variant_sampler_follows_its_own_uncached_forward():
   from hat_jax.data.splitter import END_OF_WORD
   cfg = hat_cfg("paper")
   model = build_hat(cfg)
-  params = model.init(jax.random.key(2), packed_batch(), method=model.loss_and_metrics)
+  params = jit_helpers.init(model, jax.random.key(2), packed_batch(), method=model.loss_and_metrics)
   sampler = PaperHATSampler(cfg, params, WordSplitter(max_word_bytes=M), max_total_words=64)
   gen = sampler.generate([b"The cat sat"], 30, jax.random.key(0), GREEDY, stop_at_eod=False)[0]
   assert gen.generated and b"".join(gen.words) == bytes([BOS]) + b"The cat sat" + gen.generated
   full = b"".join(gen.words)
-  logits, _, _ = model.apply(params, single_doc_batch(full, gen.words))
+  logits, _, _ = jit_helpers.apply(model, params, single_doc_batch(full, gen.words))
   # words: BOS, "The", " cat", " sat..." (a prompt word the decoder went on with), then generated words.
   generated_words = range(4, len(gen.words) - 1)  # the last word may be unfinished
   assert len(generated_words) >= 2

@@ -6,6 +6,7 @@ import pytest
 from hat_jax.models import raster_ar as raster_lib
 from hat_jax.models.layers import StackConfig
 from hat_jax.models.raster_ar import RasterAR, RasterARConfig
+from tests import jit_helpers
 
 CFG = RasterARConfig(StackConfig(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64),
                      seq_len=12, vocab_size=20)
@@ -16,22 +17,22 @@ def setup():
   model = RasterAR(CFG)
   tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 20)
   labels = jnp.array([2, 5])
-  return model, model.init(jax.random.key(1), labels, tokens), tokens, labels
+  return model, jit_helpers.init(model, jax.random.key(1), labels, tokens), tokens, labels
 
 
 def test_causal_and_class_conditioned(setup):
   model, params, tokens, labels = setup
-  logits = model.apply(params, labels, tokens)
+  logits = jit_helpers.apply(model, params, labels, tokens)
   assert logits.shape == (2, 12, 20)
-  diff = np.abs(np.asarray(model.apply(params, labels, tokens.at[:, 5].set((tokens[:, 5] + 1) % 20)) - logits))
+  diff = np.abs(np.asarray(jit_helpers.apply(model, params, labels, tokens.at[:, 5].set((tokens[:, 5] + 1) % 20)) - logits))
   diff = diff.max(axis=(0, 2))
   assert (diff[:6] == 0).all() and (diff[6:] > 1e-6).all()  # logits[t] predicts token t from tokens < t
-  assert np.abs(np.asarray(model.apply(params, labels[::-1], tokens) - logits))[:, 0].max() > 1e-6
+  assert np.abs(np.asarray(jit_helpers.apply(model, params, labels[::-1], tokens) - logits))[:, 0].max() > 1e-6
 
 
 def test_cached_equals_uncached_logits(setup):
   model, params, tokens, labels = setup
-  full = model.apply(params, labels, tokens)
+  full = jit_helpers.apply(model, params, labels, tokens)
   caches, outs, prev = model.empty_caches(2), [], jnp.zeros((2,), jnp.int32)
   for t in range(12):
     out, caches = model.apply(params, labels, prev, t, caches, method=RasterAR.step)
@@ -50,7 +51,7 @@ def test_sample_shapes(setup, cfg_scale):
 def test_greedy_sample_is_argmax_of_full_model(setup):
   model, params, _, labels = setup
   out = raster_lib.sample(model, params, labels, jax.random.key(3), top_k=1)
-  np.testing.assert_array_equal(np.argmax(np.asarray(model.apply(params, labels, out)), -1), out)
+  np.testing.assert_array_equal(np.argmax(np.asarray(jit_helpers.apply(model, params, labels, out)), -1), out)
 
 
 def test_bad_tokens_give_clear_error(setup):

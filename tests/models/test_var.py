@@ -8,6 +8,7 @@ from hat_jax.models import var as var_lib
 from hat_jax.models.layers import StackConfig
 from hat_jax.models.var import BLOCK_CAUSAL, VAR, VARConfig, cfg_ramp, guided_logits, sample_top_k_top_p
 from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig
+from tests import jit_helpers
 
 VQ = VQConfig(image_size=8, channels=1, ch=8, ch_mult=(1, 2), z_channels=4, vocab_size=16, scales=(1, 2, 4))
 STACK = StackConfig(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64, qk_norm=True)
@@ -38,10 +39,10 @@ def test_block_causal_mask_over_scales():
 
 def test_logits_respect_block_causality(setup):
   _, _, model, params, labels, x_in = setup
-  logits = model.apply(params, labels, x_in)
+  logits = jit_helpers.apply(model, params, labels, x_in)
   assert logits.shape == (2, CFG.seq_len, VQ.vocab_size)
   # Perturb the input of the last position of scale 1 (sequence position 4 = x_in[:, 3]).
-  changed = model.apply(params, labels, x_in.at[:, 3].add(1.0))
+  changed = jit_helpers.apply(model, params, labels, x_in.at[:, 3].add(1.0))
   diff = np.abs(np.asarray(changed - logits)).max(axis=(0, 2))
   assert (diff[:1] == 0).all()  # scale 0 does not see scale 1
   assert (diff[1:5] > 1e-6).all()  # every position of scale 1 sees it (within-scale attention)
@@ -50,7 +51,7 @@ def test_logits_respect_block_causality(setup):
 
 def test_cached_equals_uncached_logits(setup):
   _, _, model, params, labels, x_in = setup
-  full = model.apply(params, labels, x_in)
+  full = jit_helpers.apply(model, params, labels, x_in)
   caches, outs = model.empty_caches(2), []
   for k in range(len(CFG.scales)):
     span = CFG.scale_slice(k)
@@ -77,7 +78,7 @@ def test_sample_shapes_and_cfg(setup):
   assert images.shape == (3, 8, 8, 1) and images.dtype == jnp.uint8
   assert tokens.shape == (3, CFG.seq_len) and int(tokens.max()) < VQ.vocab_size
   # The images are the decoding of the sampled tokens.
-  np.testing.assert_array_equal(images, vq.apply(vq_params, tokens, method=MultiScaleVQVAE.decode))
+  np.testing.assert_array_equal(images, jit_helpers.apply(vq, vq_params, tokens, method=MultiScaleVQVAE.decode))
 
 
 def test_top_k_top_p_truncation():
@@ -100,6 +101,6 @@ def test_bad_inputs_give_clear_errors(setup):
 def test_pallas_block_attention_matches_xla(setup):
   """attention_impl='pallas' runs the block-attention kernel (interpret mode on CPU) on the scale-id mask."""
   _, _, _, params, labels, x_in = setup
-  xla = VAR(CFG, attention_impl="xla").apply(params, labels, x_in)
-  pallas = VAR(CFG, attention_impl="pallas").apply(params, labels, x_in)
+  xla = jit_helpers.apply(VAR(CFG, attention_impl="xla"), params, labels, x_in)
+  pallas = jit_helpers.apply(VAR(CFG, attention_impl="pallas"), params, labels, x_in)
   np.testing.assert_allclose(pallas, xla, atol=2e-4)

@@ -1,14 +1,10 @@
-"""Trainer-test setup: repo root and this directory importable (configs.common, toy_task), a
-session-wide persistent compilation cache (the same toy programs compile once, not once per run),
-and one reference 12-step training run that several tests compare against."""
+"""Trainer-test setup: repo root and this directory importable (configs.common, toy_task), and one
+reference 12-step training run that several tests compare against. (The persistent compilation cache
+is session-wide, in tests/conftest.py.)"""
 
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 
-import jax
 import pytest
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -16,12 +12,6 @@ _ROOT = os.path.dirname(os.path.dirname(_HERE))
 for path in (_ROOT, _HERE):
   if path not in sys.path:
     sys.path.insert(0, path)
-
-# Must be set before the first compile of the session (conftests load before any test runs).
-_CACHE = tempfile.mkdtemp(prefix="hat_jax_test_jit_cache_")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 import toy_task  # noqa: E402
 from hat_jax.train import trainer  # noqa: E402
