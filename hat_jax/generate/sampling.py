@@ -8,6 +8,10 @@ argument of a jitted decode step; the rng is an explicit argument.
 
 Order of operations (the usual one): temperature scaling, then top-k, then top-p on the scaled
 distribution, then a categorical draw. temperature == 0 means greedy (argmax; rng unused).
+
+The categorical draw inverts the CDF with ONE uniform number per row (`categorical`), not the Gumbel
+trick of `jax.random.categorical`, which draws V random numbers per row: with threefry on CPU that
+was most of a VAR sampling call (e.g. 63 ms of ~140 ms for 40 images x 130 positions x 256 codes).
 """
 
 from __future__ import annotations
@@ -78,10 +82,21 @@ def filtered_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
   return out
 
 
+def categorical(rng: jax.Array, logits: jax.Array) -> jax.Array:
+  """One draw per row from softmax(logits) [..., V] (-inf = excluded) -> int32 [...], by inverse CDF."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  cdf = jnp.cumsum(probs, axis=-1)  # [..., V]
+  u = jax.random.uniform(rng, cdf.shape[:-1] + (1,)) * cdf[..., -1:]
+  idx = jnp.sum(cdf <= u, axis=-1)  # tokens before the first whose cdf exceeds u; zero-mass ones skipped
+  # u * total can round up to total: fall back to the last token with mass, never a filtered-out one.
+  last = probs.shape[-1] - 1 - jnp.argmax(probs[..., ::-1] > 0, axis=-1)
+  return jnp.minimum(idx, last).astype(jnp.int32)
+
+
 def sample(logits: jax.Array, rng: jax.Array | None, config: SamplingConfig = SamplingConfig()) -> jax.Array:
   """Draws one token id per row. logits [..., V] -> int32 [...]. rng may be None only when greedy."""
   if config.greedy:
     return greedy(logits)
   if rng is None:
     raise ValueError("sample() needs an rng unless temperature == 0 (greedy).")
-  return jax.random.categorical(rng, filtered_logits(logits, config), axis=-1).astype(jnp.int32)
+  return categorical(rng, filtered_logits(logits, config))

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hat_jax.generate import sampling
 from hat_jax.kernels import MaskSpec
 from hat_jax.models.layers import Attention, KVCache, StackConfig, SwiGLU, dense_init
 from hat_jax.models.vqvae import MultiScaleVQVAE
@@ -188,20 +189,12 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def sample_top_k_top_p(rng: jax.Array, logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0,
                        temperature: float = 1.0) -> jax.Array:
-  """Sample ids from logits [..., V] after temperature, top-k (0 = off) and top-p (1.0 = off) truncation."""
-  logits = logits.astype(jnp.float32) / max(temperature, 1e-6)
-  vocab = logits.shape[-1]
-  if 0 < top_k < vocab:
-    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-    cutoff_idx = jnp.sum(cum - jax.nn.softmax(sorted_logits, axis=-1) < top_p, axis=-1, keepdims=True) - 1
-    cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
-    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  """Sample ids from logits [..., V] with the image configs' conventions (top_k 0 and top_p 1.0 = off;
+  temperature > 0) through the shared `hat_jax.generate.sampling`."""
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0 for image sampling, got {temperature!r}.")
+  config = sampling.SamplingConfig(temperature=temperature, top_k=top_k or None, top_p=top_p if top_p < 1.0 else None)
+  return sampling.sample(logits, rng, config)
 
 
 def cfg_ramp(cfg_scale: float, k: int, num_scales: int) -> float:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hat_jax.generate.sampling import GREEDY, SamplingConfig, greedy, sample, top_k_mask, top_p_mask
+from hat_jax.generate.sampling import GREEDY, SamplingConfig, categorical, greedy, sample, top_k_mask, top_p_mask
 
 # probs 0.5, 0.25, 0.125, 0.0625, 0.0625 in a shuffled vocabulary order.
 PROBS = np.array([0.0625, 0.25, 0.5, 0.0625, 0.125])
@@ -94,3 +94,17 @@ def test_bad_config_errors(kwargs, match):
 def test_non_greedy_without_rng_errors():
   with pytest.raises(ValueError, match="rng"):
     sample(LOGITS, None, SamplingConfig())
+
+
+def test_categorical_never_draws_excluded_tokens():
+  logits = jnp.array([[0.0, -jnp.inf, -jnp.inf], [-jnp.inf, -jnp.inf, 0.0], [0.0, 0.0, -jnp.inf], [-80.0, 0.0, -jnp.inf]])
+  ids = np.asarray(categorical(jax.random.key(0), jnp.broadcast_to(logits, (5000, 4, 3))))
+  assert set(ids[:, 0]) == {0} and set(ids[:, 1]) == {2} and set(ids[:, 2]) == {0, 1}
+  assert set(ids[:, 3]) == {1}  # e^-80 mass: never drawn in 5000, never past the last token with mass
+  np.testing.assert_allclose(np.mean(ids[:, 2]), 0.5, atol=0.03)
+
+
+def test_categorical_matches_a_wide_distribution():
+  probs = np.asarray(jax.nn.softmax(jax.random.normal(jax.random.key(1), (64,)) * 2))
+  ids = np.asarray(categorical(jax.random.key(2), jnp.broadcast_to(jnp.log(probs), (20000, 64))))
+  np.testing.assert_allclose(np.bincount(ids, minlength=64) / 20000, probs, atol=0.012)
