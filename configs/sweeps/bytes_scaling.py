@@ -9,7 +9,8 @@ from configs.sweeps import common
 
 BASE_CONFIG = "configs/bytes.py:size=tiny,corpus=english"
 WIDTHS = (32, 48, 64, 96, 128)
-SHORT_WIDTHS = (48, 96)
+SHORT_WIDTHS = (32, 48, 96, 128)
+LONG_WIDTHS = (32, 64, 128)
 
 
 def run(width: int, steps: int) -> dict:
@@ -19,4 +20,5 @@ def run(width: int, steps: int) -> dict:
 
 
 def get_sweep() -> list[dict]:
-  return ([run(w, common.STEPS) for w in WIDTHS] + [run(w, common.SHORT_STEPS) for w in SHORT_WIDTHS])
+  return ([run(w, common.STEPS) for w in WIDTHS] + [run(w, common.SHORT_STEPS) for w in SHORT_WIDTHS]
+          + [run(w, common.LONG_STEPS) for w in LONG_WIDTHS])

@@ -1,7 +1,7 @@
 """Shared pieces of the scaling sweep specs (`python -m experiments.sweep --sweep=configs/sweeps/<x>.py`).
 
 A sweep spec returns a list of runs; each run is {"name": ..., "<dotted config key>": value, ...}.
-Budgets here are tiny on purpose: both CPU sweeps together fit in ~15 minutes on 2 CPU cores.
+Budgets here are tiny on purpose: both CPU sweeps together (24 runs) take ~30 minutes on 2 CPU cores.
 """
 
 from configs import hat as hat_config
@@ -9,7 +9,11 @@ from configs import hat as hat_config
 # Training budget shared by every run of both sweeps (same data, batches and schedule), so the only
 # thing that changes across runs is the model (and, for the L(N, D) runs, the step count).
 STEPS = 150
-SHORT_STEPS = 60  # extra runs at a smaller data budget, so D varies independently of N
+# Extra runs at a smaller and a larger data budget, so D varies independently of N: L(N, D) has 5
+# parameters, and a grid of 3 data budgets x several widths identifies the D term (with only two
+# short runs, beta was free to run off to 8 with an infinite interval).
+SHORT_STEPS = 60
+LONG_STEPS = 300
 SEQ_BYTES, SEQ_WORDS, BATCH = 128, 40, 8
 
 

@@ -1,4 +1,4 @@
-"""HAT scaling sweep: 5 widths at STEPS, plus 2 widths at SHORT_STEPS (for L(N, D)).
+"""HAT scaling sweep: 5 widths at STEPS, plus 4 widths at SHORT_STEPS and 3 at LONG_STEPS (for L(N, D)).
 
   python -m experiments.sweep --sweep=configs/sweeps/hat_scaling.py --workdir=runs/scaling
 
@@ -10,7 +10,8 @@ from configs.sweeps import common
 
 BASE_CONFIG = "configs/hat.py:size=tiny,corpus=english"
 WIDTHS = (32, 48, 64, 96, 128)  # backbone d_model
-SHORT_WIDTHS = (48, 96)
+SHORT_WIDTHS = (32, 48, 96, 128)
+LONG_WIDTHS = (32, 64, 128)
 
 
 def run(width: int, steps: int) -> dict:
@@ -22,4 +23,5 @@ def run(width: int, steps: int) -> dict:
 
 
 def get_sweep() -> list[dict]:
-  return ([run(w, common.STEPS) for w in WIDTHS] + [run(w, common.SHORT_STEPS) for w in SHORT_WIDTHS])
+  return ([run(w, common.STEPS) for w in WIDTHS] + [run(w, common.SHORT_STEPS) for w in SHORT_WIDTHS]
+          + [run(w, common.LONG_STEPS) for w in LONG_WIDTHS])
