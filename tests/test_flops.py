@@ -87,6 +87,21 @@ def test_unknown_task_errors_clearly():
   assert flops.step_flops_or_none(hat_config.get_config("size=test,corpus=toy")) > 0
 
 
+def test_six_nd_per_level():
+  config = hat_config.get_config("size=test,corpus=toy")
+  config.train.steps, config.train.batch_size = 3, 8
+  pos = flops.training_positions(config)
+  assert pos == {"bytes": 3 * 8 * config.data.seq_bytes, "words": 3 * 8 * config.data.seq_words}
+  params = {"params_non_embedding": 7, "params_byte_level": 5, "params_backbone": 2}
+  assert flops.six_nd_flops(config, params) == 6 * (5 * pos["bytes"] + 2 * pos["words"])
+  byte_lm = bytes_config.get_config("size=test,corpus=toy")
+  assert flops.training_positions(byte_lm).keys() == {"bytes"}
+  assert flops.six_nd_flops(byte_lm, {"params_non_embedding": 7}) == 6 * 7 * flops.training_positions(byte_lm)["bytes"]
+  del byte_lm.data["seq_bytes"]
+  with pytest.raises(ValueError, match="no config.data.seq_bytes"):
+    flops.training_positions(byte_lm)
+
+
 def test_mfu_and_peak_table():
   assert flops.mfu(1e12, 1.0, 8, "cpu") is None
   assert flops.format_mfu(flops.mfu(1e12, 1.0, 8, "cpu")) == "n/a"

@@ -48,18 +48,51 @@ def test_tpu_multislice_and_no_setup(capsys):
   assert "--config.mesh.dcn_data=2" in lines[0] and "git clone" not in lines[0]
 
 
+def _remote_words(line: str) -> list[str]:
+  """The program the workers run (from 'python3 -m' on) in one printed gcloud command."""
+  remote = next(a for a in shlex.split(line) if a.startswith("--command=")).removeprefix("--command=")
+  words = shlex.split(remote)
+  return words[words.index("python3"):]
+
+
+def test_tpu_sweep_runs_experiments_sweep(capsys):
+  sweep_base = ["--tpu=my-v5p-64", "--zone=us-east5-a", "--workdir=gs://bucket/scaling", "--setup=", "--dry-run"]
+  # Absolute paths inside the checkout become repo-relative: the workers run them in their own clone.
+  assert _launch_tpu().main(sweep_base + [f"--sweep={_ROOT}/configs/sweeps/hat_scaling.py", "--only=hat-w32-s150",
+                                          "--override=mesh.fsdp=4"]) == 0
+  assert _remote_words(capsys.readouterr().out) == [
+      "python3", "-m", "experiments.sweep", "--sweep=configs/sweeps/hat_scaling.py", "--workdir=gs://bucket/scaling",
+      "--only=hat-w32-s150", "--no-report", "--override=mesh.fsdp=4"]
+  # --config is the base config there; --only left out runs every unfinished run in turn.
+  assert _launch_tpu().main(sweep_base + ["--sweep=configs/sweeps/bytes_scaling.py",
+                                          "--config=configs/bytes.py:size=tiny"]) == 0
+  assert _remote_words(capsys.readouterr().out)[3:] == [
+      "--config=configs/bytes.py:size=tiny", "--sweep=configs/sweeps/bytes_scaling.py",
+      "--workdir=gs://bucket/scaling", "--no-report"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--workdir=/tmp/run"], "must be a gs:// path"),
     (["--config=configs/nope.py:small"], "no file 'configs/nope.py'"),
+    (["--config=/etc/hostname"], "no file '/etc/hostname' in this checkout"),
     (["--override=train.steps"], "expected KEY=VALUE"),
     (["--num-slices=0"], "--num-slices must be >= 1"),
     (["--env=1BAD=x"], "expected NAME=VALUE"),
+    (["--only=hat-w32-s150"], "add --sweep=<spec>"),
+    (["--sweep=configs/sweeps/nope.py"], "--sweep=configs/sweeps/nope.py: no file"),
+    (["--sweep=configs/sweeps/hat_scaling.py", "--mode=eval"], "a --sweep job always trains"),
 ])
 def test_tpu_bad_args_error_clearly(extra, message, capsys):
   with pytest.raises(SystemExit) as exit_info:
     _launch_tpu().main(BASE + extra + ["--dry-run"])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_tpu_config_required_without_sweep(capsys):
+  with pytest.raises(SystemExit):
+    _launch_tpu().main(["--tpu=t", "--zone=z", "--workdir=gs://b/r", "--setup=", "--dry-run"])
+  assert "--config is required" in capsys.readouterr().err
 
 
 def test_tpu_default_setup_needs_a_repo(monkeypatch, capsys):

@@ -13,7 +13,14 @@ the data, and all hosts write one orbax checkpoint to the shared `gs://` workdir
 give every host a different, partial run directory, so it is refused).
 
 Setup on the workers (skip with --setup=''): clone --repo at --ref into ~/hat_jax (or update it),
-then `pip install -e . jax[tpu]`. Code must be reachable from the VMs (a pushed branch or tag).
+then `pip install -e . jax[tpu] gcsfs` (gcsfs: etils.epath's gs:// backend, which orbax and the sweep's
+workdir checks use). Code must be reachable from the VMs (a pushed branch or tag).
+
+Sweeps (`--sweep=SPEC [--only=RUN,...]`): the workers run `python3 -m experiments.sweep --sweep=SPEC
+--only=RUN --no-report` instead of hat_jax.main (--config is then the base config, default the spec's
+BASE_CONFIG; each --override becomes the sweep's `--override`, applied to every run after the spec's
+own keys). `python -m experiments.sweep ... --launcher=tpu --print-commands` prints one such launch
+per unfinished run; afterwards `experiments.sweep --collect` fits the laws from the shared workdir.
 
 Multi-slice (`--num-slices=N`): the slices are N TPU VMs named `<tpu>-0` ... `<tpu>-<N-1>` (as a
 queued resource created with `--node-count=N` names them); one ssh command per slice is printed and
@@ -34,15 +41,21 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(prog="tools/launch_tpu.py", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--tpu", required=True, help="TPU VM (pod slice) name; with --num-slices the name prefix.")
   p.add_argument("--zone", required=True, help="e.g. us-east5-a.")
   p.add_argument("--project", default=None, help="GCP project (default: gcloud's configured project).")
-  p.add_argument("--config", required=True, help="Config spec as for hat_jax.main, e.g. configs/hat.py:small.")
+  p.add_argument("--config", default=None, help="Config spec as for hat_jax.main, e.g. configs/hat.py:small "
+                 "(required, except with --sweep: the base config, default the spec's BASE_CONFIG).")
   p.add_argument("--workdir", required=True, help="Shared run directory, gs://bucket/path.")
   p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                  help="Config override, repeatable: train.steps=1000 -> --config.train.steps=1000.")
   p.add_argument("--mode", default="train", choices=["train", "eval", "sample", "train_and_sample"])
+  p.add_argument("--sweep", default=None, help="Run sweep runs (python -m experiments.sweep) instead of "
+                 "hat_jax.main: a sweep spec in this checkout, e.g. configs/sweeps/hat_scaling.py.")
+  p.add_argument("--only", default=None, help="With --sweep: comma-separated run names (default: every "
+                 "unfinished run of the spec, one after another).")
   p.add_argument("--num-slices", type=int, default=1, help="Multi-slice: number of slices (TPU VMs <tpu>-<i>).")
   p.add_argument("--repo", default=None, help="Git URL the workers clone (default: this checkout's origin).")
   p.add_argument("--ref", default="main", help="Branch, tag or commit the workers check out.")
@@ -58,24 +71,44 @@ def _fail(parser: argparse.ArgumentParser, message: str):
   parser.error(message)  # exits with status 2 and the usage line
 
 
+def _checkout_path(parser, flag: str, value: str, path: str, example: str) -> str:
+  """`path` (relative to the repo root or the current directory, or absolute) relative to the repo
+  root: the workers run it inside their own clone."""
+  root = os.path.realpath(_ROOT)
+  for candidate in (os.path.join(_ROOT, path), path):
+    relative = os.path.relpath(os.path.realpath(candidate), root)
+    if os.path.isfile(candidate) and relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+      return relative
+  _fail(parser, f"--{flag}={value}: no file {path!r} in this checkout (the workers run the same path inside the "
+                f"repo), e.g. --{flag}={example}.")
+
+
 def _validate(parser, args) -> list[str]:
-  """Checks the arguments; returns the --config.* flags."""
-  config_path = args.config.partition(":")[0]
-  if not os.path.exists(os.path.join(_ROOT, config_path)) and not os.path.exists(config_path):
-    _fail(parser, f"--config={args.config}: no file {config_path!r} in this checkout (the workers run the "
-                  f"same path inside the repo), e.g. --config=configs/hat.py:small.")
+  """Checks the arguments and makes --config / --sweep paths repo-relative; returns the overrides
+  as KEY=VALUE."""
+  if args.sweep:
+    args.sweep = _checkout_path(parser, "sweep", args.sweep, args.sweep, "configs/sweeps/hat_scaling.py")
+    if args.mode != "train":
+      _fail(parser, f"--mode={args.mode} applies to hat_jax.main; a --sweep job always trains (drop --mode).")
+  elif args.only:
+    _fail(parser, f"--only={args.only} names sweep runs: add --sweep=<spec>, e.g. configs/sweeps/hat_scaling.py.")
+  elif not args.config:
+    _fail(parser, "--config is required (e.g. --config=configs/hat.py:small), or --sweep=<spec> for sweep runs.")
+  if args.config:
+    path, sep, arg = args.config.partition(":")
+    args.config = _checkout_path(parser, "config", args.config, path, "configs/hat.py:small") + sep + arg
   if not args.workdir.startswith("gs://"):
     _fail(parser, f"--workdir={args.workdir!r} must be a gs:// path: every worker of a pod slice writes to it, "
                   f"and a local directory would differ per host. E.g. --workdir=gs://my-bucket/runs/hat.")
   if args.num_slices < 1:
     _fail(parser, f"--num-slices must be >= 1, got {args.num_slices}.")
-  flags = []
+  overrides = []
   for item in args.override:
     key, sep, value = item.partition("=")
     key = key.strip().removeprefix("--").removeprefix("config.")
     if not sep or not key or " " in key:
       _fail(parser, f"--override={item!r}: expected KEY=VALUE with a dotted config key, e.g. train.steps=1000.")
-    flags.append(f"--config.{key}={value}")
+    overrides.append(f"{key}={value}")
   for item in args.env:
     name, sep, _ = item.partition("=")
     if not sep or not name.isidentifier():
@@ -85,9 +118,9 @@ def _validate(parser, args) -> list[str]:
     if not args.repo:
       _fail(parser, "the default worker setup clones the repo, but this checkout has no 'origin' remote: pass "
                     "--repo=<git URL the TPU VMs can reach>, or --setup='<your own setup>' ('' for none).")
-  if args.num_slices > 1 and not any(f.startswith("--config.mesh.dcn_data=") for f in flags):
-    flags.append(f"--config.mesh.dcn_data={args.num_slices}")
-  return flags
+  if args.num_slices > 1 and not any(o.startswith("mesh.dcn_data=") for o in overrides):
+    overrides.append(f"mesh.dcn_data={args.num_slices}")
+  return overrides
 
 
 def _origin_url() -> str | None:
@@ -103,23 +136,29 @@ def default_setup(repo: str, ref: str) -> str:
   q = shlex.quote
   return (f"(test -d ~/hat_jax || git clone -q {q(repo)} ~/hat_jax) && cd ~/hat_jax && git fetch -q origin && "
           f"git checkout -q {q(ref)} && (git pull -q --ff-only || true) && "
-          f"python3 -m pip install -q -e . 'jax[tpu]'")
+          f"python3 -m pip install -q -e . 'jax[tpu]' gcsfs")
 
 
-def worker_command(args, config_flags: list[str]) -> str:
+def worker_command(args, overrides: list[str]) -> str:
   """The shell command every worker runs."""
   q = shlex.quote
-  train = " ".join(["python3", "-m", "hat_jax.main", q(f"--config={args.config}"), q(f"--workdir={args.workdir}"),
-                    q(f"--mode={args.mode}"), *(q(f) for f in config_flags)])
+  if args.sweep:
+    program = ["experiments.sweep", *([f"--config={args.config}"] if args.config else []), f"--sweep={args.sweep}",
+               f"--workdir={args.workdir}", *([f"--only={args.only}"] if args.only else []), "--no-report",
+               *(f"--override={o}" for o in overrides)]
+  else:
+    program = ["hat_jax.main", f"--config={args.config}", f"--workdir={args.workdir}", f"--mode={args.mode}",
+               *(f"--config.{o}" for o in overrides)]
+  train = " ".join(["python3", "-m", *(q(a) for a in program)])
   env = " ".join(q(e) for e in args.env)
   train = f"env {env} {train}" if env else train
   setup = default_setup(args.repo, args.ref) if args.setup is None else args.setup
   return f"set -e; {setup} && cd ~/hat_jax && {train}" if setup else f"set -e; cd ~/hat_jax && {train}"
 
 
-def gcloud_commands(args, config_flags: list[str]) -> list[list[str]]:
+def gcloud_commands(args, overrides: list[str]) -> list[list[str]]:
   names = [args.tpu] if args.num_slices == 1 else [f"{args.tpu}-{i}" for i in range(args.num_slices)]
-  command = worker_command(args, config_flags)
+  command = worker_command(args, overrides)
   out = []
   for name in names:
     cmd = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, f"--zone={args.zone}"]
@@ -129,10 +168,16 @@ def gcloud_commands(args, config_flags: list[str]) -> list[list[str]]:
   return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def plan(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[list[str]]]:
+  """Parses and checks the arguments (a bad one exits 2 with the usage line); returns them and the
+  gcloud command(s)."""
   parser = _parser()
   args = parser.parse_args(argv)
-  commands = gcloud_commands(args, _validate(parser, args))
+  return args, gcloud_commands(args, _validate(parser, args))
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, commands = plan(argv)
   if args.dry_run:
     for cmd in commands:
       print(shlex.join(cmd))

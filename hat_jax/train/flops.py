@@ -28,8 +28,10 @@ MFU = analytic training FLOPs per step * steps/s / (devices * peak FLOP/s per de
 `hat_jax.train.metrics.PEAK_BF16_FLOPS` (dense bf16, vendor datasheets); devices without an entry
 (CPU, unlisted GPUs) get MFU None, printed "n/a".
 
-`experiments/sweep.py` has an older 6*N*D estimate (no attention term); it should call
-`training_flops` here so scaling plots and MFU share one count.
+Scaling laws use the coarser Kaplan/Chinchilla count instead: `six_nd_flops` = 6 * sum over levels of
+(non-embedding params x positions that level processed in the whole run), no attention term. Fits of
+L(C) are in that convention (`experiments/sweep.py` records it as `flops`, and this module's exact
+count for the whole run next to it as `flops_exact`).
 """
 
 from __future__ import annotations
@@ -153,6 +155,34 @@ def training_flops(config, batch: Mapping[str, Any] | None = None, *, attention:
                             attention=attention)
     return _finish({k: b * v for k, v in row.items()})
   return transformer_lm_flops(Stack.from_config(config.model.stack), s, b, BYTE_VOCAB, attention=attention)
+
+
+def training_positions(config) -> dict[str, float]:
+  """Positions a whole training run computes on, padding included (compute is spent on it):
+  "bytes" = steps x batch x seq_bytes and, for HAT, "words" = steps x batch x seq_words."""
+  t, d = config.train, config.data
+  if "seq_bytes" not in d:
+    raise ValueError(f"6ND counts byte positions, but task {config.task!r} has no config.data.seq_bytes; "
+                     f"add its positions to hat_jax.train.flops.training_positions.")
+  rows = int(t.steps) * int(t.batch_size)
+  out = {"bytes": float(rows * int(d.seq_bytes))}
+  if config.task == "hat":
+    out["words"] = float(rows * int(d.seq_words))
+  return out
+
+
+def six_nd_flops(config, params: Mapping[str, int]) -> float:
+  """Training FLOPs of the whole run as 6 * sum over levels of N_level * D_level (Kaplan's C = 6ND).
+
+  `params` are non-embedding param counts (`experiments.sweep.count_params`): for HAT
+  "params_byte_level" (encoder, pooling, guides, decoder, head: run per byte) and "params_backbone"
+  (run per word); for other tasks "params_non_embedding", run per byte. Attention-score FLOPs are
+  left out, as in 6ND; `training_flops` has them.
+  """
+  pos = training_positions(config)
+  if config.task == "hat":
+    return 6.0 * (params["params_byte_level"] * pos["bytes"] + params["params_backbone"] * pos["words"])
+  return 6.0 * params["params_non_embedding"] * pos["bytes"]
 
 
 def mfu(train_flops_per_step: float, steps_per_sec: float, num_devices: int, device_kind: str) -> float | None:

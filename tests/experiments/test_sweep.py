@@ -1,12 +1,18 @@
-"""experiments/sweep.py: spec parsing, overrides, skip/resume, results.jsonl, --print-commands."""
+"""experiments/sweep.py: spec parsing, overrides, skip/resume, results.jsonl, --print-commands, TPU launches."""
 
+import importlib.util
 import json
 import os
 import pathlib
+import shlex
+import subprocess
 
 import pytest
+from etils import epath
+from etils.epath import testing as epath_testing
 
 from experiments import sweep
+from hat_jax.train import flops
 from hat_jax.train import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -49,6 +55,17 @@ def test_overrides_type_checked_and_unknown_keys():
     sweep.run_config(BASE, {"name": "x", "nope.steps": 1})
 
 
+def test_command_line_overrides_parsed_as_the_field_type():
+  extra = sweep.parse_overrides(["train.steps=9", "train.learning_rate=0.5", "model.backbone.d_model=32"])
+  config = sweep.run_config(BASE, {"name": "x", "train.steps": 7, "model.backbone.d_model": 48}, extra)
+  assert config.train.steps == 9 and config.model.backbone.d_model == 32  # after the spec's own keys
+  assert config.train.learning_rate == 0.5
+  with pytest.raises(ValueError, match="train.steps is a int, got 'many'"):
+    sweep.run_config(BASE, {"name": "x"}, {"train.steps": "many"})
+  with pytest.raises(ValueError, match="expected KEY=VALUE"):
+    sweep.parse_overrides(["train.steps"])
+
+
 def test_repo_sweep_specs_parse():
   for spec in ("hat_scaling", "bytes_scaling"):
     runs, base = sweep.load_sweep(str(ROOT / "configs" / "sweeps" / f"{spec}.py"))
@@ -80,6 +97,7 @@ def test_run_skip_resume_results_and_commands(tmp_path, monkeypatch, capsys):
   assert a["params_backbone"] + a["params_byte_level"] == a["params_non_embedding"]
   assert b["params_backbone"] < a["params_backbone"]  # width 32 vs 64
   assert a["flops"] == pytest.approx(6 * (a["params_byte_level"] * a["bytes"] + a["params_backbone"] * a["words"]))
+  assert a["flops_exact"] == pytest.approx(2 * flops.training_flops(sweep.run_config(BASE, runs[0]))["train"])
   assert a["val_loss"] > 0
   metrics = [json.loads(l) for l in open(os.path.join(workdir, "a", "metrics.jsonl"))]
   assert [m["step"] for m in metrics if m["split"] == "train"] == [1, 2]  # resumed, not restarted
@@ -93,3 +111,160 @@ def test_run_skip_resume_results_and_commands(tmp_path, monkeypatch, capsys):
   with open(os.path.join(workdir, sweep.RESULTS)) as f:
     assert len(f.readlines()) == 2  # rewritten, not appended twice
   assert sweep.main(["--sweep", spec, "--workdir", workdir, "--only", "zzz"]) == 2
+
+
+def _fake_gcs(root):
+  """etils.epath with gs://... mapped onto the local directory `root` (no GCS access in tests)."""
+  def local(original, *args, **kwargs):
+    return original(*(f"{root}/{a[len('gs://'):]}" if str(a).startswith("gs://") else a for a in map(str, args)),
+                    **kwargs)
+  return epath_testing.mock_epath(**{fn: local for fn in ("exists", "isdir", "listdir", "makedirs", "mkdir",
+                                                           "open", "replace", "rename", "remove", "glob")})
+
+
+def _launch_tpu():
+  spec = importlib.util.spec_from_file_location("launch_tpu_under_test", ROOT / "tools" / "launch_tpu.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _record(name, model="hat", steps=2, **extra):
+  return {"name": name, "model": model, "params_non_embedding": 1000, "params_total": 1200, "flops": 1e9,
+          "bytes": 1e4, "steps": steps, "val_loss": 3.0, "val_loss_nats": 2.0, "val_word_accuracy": 0.1,
+          "wall_s": 1.0, **extra}
+
+
+def _finish(workdir, record):
+  """Marks a run finished the way run_one does (its final_metrics.json holds the record)."""
+  path = epath.Path(workdir) / record["name"] / sweep.FINAL
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"record": record}))
+
+
+HAT_SPEC = "configs/sweeps/hat_scaling.py"  # repo-relative: the TPU workers run it inside their clone
+TPU = ["--launcher=tpu", "--tpu=my-v5p-64", "--zone=us-east5-a"]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch):
+  monkeypatch.chdir(ROOT)  # HAT_SPEC and its BASE_CONFIG are repo-relative, as the sweep is run
+
+
+def test_print_commands_on_a_gcs_workdir_skip_finished_runs(tmp_path, capsys):
+  runs, base = sweep.load_sweep(str(ROOT / HAT_SPEC))
+  workdir = "gs://bucket/scaling"
+  with _fake_gcs(tmp_path):
+    _finish(workdir, _record(runs[0]["name"]))
+    assert sweep.main([f"--sweep={HAT_SPEC}", f"--workdir={workdir}", "--override=mesh.fsdp=4", "--print-commands"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert [shlex.split(line)[-3:] for line in lines] == [
+      [f"--only={r['name']}", "--override=mesh.fsdp=4", "--no-report"] for r in runs[1:]]
+  assert shlex.split(lines[0])[:6] == ["python", "-m", "experiments.sweep", f"--config={base}", f"--sweep={HAT_SPEC}",
+                                       f"--workdir={workdir}"]
+  assert (tmp_path / "bucket" / "scaling" / runs[0]["name"] / sweep.FINAL).exists()  # the fake bucket is real
+
+
+def test_tpu_launch_commands_dry_run_end_to_end(tmp_path, capsys):
+  """Each printed launch parses through launch_tpu's own parser, and its workers' command through the
+  sweep's: the right --only run, the sweep's overrides and the launcher's multi-slice mesh override."""
+  runs, base = sweep.load_sweep(str(ROOT / HAT_SPEC))
+  workdir = "gs://bucket/scaling"
+  launch_tpu = _launch_tpu()
+  with _fake_gcs(tmp_path):
+    _finish(workdir, _record(runs[0]["name"]))
+    assert sweep.main([f"--sweep={HAT_SPEC}", f"--workdir={workdir}", *TPU, "--override=mesh.fsdp=4",
+                       "--launcher-arg=--num-slices=2", "--launcher-arg=--setup=", "--print-commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(runs) - 1
+    for run, line in zip(runs[1:], lines):
+      argv = shlex.split(line)
+      assert argv[:2] == ["python", "tools/launch_tpu.py"]
+      assert launch_tpu.main(argv[2:] + ["--dry-run"]) == 0
+      gcloud = [shlex.split(g) for g in capsys.readouterr().out.strip().splitlines()]
+      assert [g[5] for g in gcloud] == ["my-v5p-64-0", "my-v5p-64-1"]  # one ssh per slice
+      remote = shlex.split(next(a for a in gcloud[0] if a.startswith("--command=")).removeprefix("--command="))
+      at = remote.index("experiments.sweep")
+      assert remote[at - 2:at] == ["python3", "-m"]
+      job = remote[at + 1:]
+      assert job == [f"--config={base}", f"--sweep={HAT_SPEC}", f"--workdir={workdir}", f"--only={run['name']}",
+                     "--no-report", "--override=mesh.fsdp=4", "--override=mesh.dcn_data=2"]
+      # What the workers run is a valid sweep job for exactly that run.
+      assert sweep.main(job + ["--print-commands"]) == 0
+      local = capsys.readouterr().out.strip().splitlines()
+      assert len(local) == 1 and f"--only={run['name']}" in local[0]
+
+
+def test_tpu_launcher_runs_the_launches_in_turn(tmp_path, monkeypatch, capsys):
+  runs, _ = sweep.load_sweep(str(ROOT / HAT_SPEC))
+  started = []
+
+  class FakeSsh:  # stands in for `gcloud ... ssh`: records the launch, returns at once
+    def __init__(self, cmd):
+      started.append(cmd)
+      self.rc = 1 if len(started) == 3 else 0
+
+    def wait(self):
+      return self.rc
+
+  monkeypatch.setattr(subprocess, "Popen", FakeSsh)
+  args = [f"--sweep={HAT_SPEC}", "--workdir=gs://bucket/scaling", *TPU, "--launcher-arg=--setup=", "--no-report"]
+  with _fake_gcs(tmp_path):
+    assert sweep.main(args + [f"--only={runs[0]['name']},{runs[1]['name']}"]) == 0
+    assert [f"--only={r['name']}" in c[-1] for r, c in zip(runs, started)] == [True, True]
+    capsys.readouterr()
+    assert sweep.main(args) == 1  # the third ssh fails: the sweep stops there, with its status
+  assert len(started) == 3
+  err = capsys.readouterr().err
+  assert f"launch 1/{len(runs)} exited with 1" in err and "Rerun the same sweep command" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--launcher=tpu", "--tpu=t"], "--launcher=tpu needs --tpu=NAME and --zone=ZONE"),
+    (["--tpu=t", "--zone=z"], "only apply with --launcher=tpu"),
+    (TPU + ["--collect"], "--collect reads the workdir here"),
+    (["--override=train.nonexistent=1", "--print-commands"], "no field 'train.nonexistent'"),
+])
+def test_launcher_and_override_errors(args, message, capsys):
+  assert sweep.main([f"--sweep={HAT_SPEC}", "--workdir=gs://bucket/scaling", *args]) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_bad_launcher_arg_stops_before_anything_is_printed(tmp_path, capsys):
+  with _fake_gcs(tmp_path), pytest.raises(SystemExit) as exit_info:
+    sweep.main([f"--sweep={HAT_SPEC}", "--workdir=/local/dir", *TPU, "--print-commands"])
+  assert exit_info.value.code == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and "must be a gs:// path" in captured.err
+
+
+def test_gcs_workdir_without_backend_errors_clearly(capsys):
+  assert sweep.main([f"--sweep={HAT_SPEC}", "--workdir=gs://bucket/scaling", "--print-commands"]) == 2
+  assert "pip install gcsfs" in capsys.readouterr().err
+
+
+def test_record_flops_6nd_and_exact(monkeypatch):
+  params = {"params_total": 5000, "params_non_embedding": 4000, "params_backbone": 1000, "params_byte_level": 3000}
+  monkeypatch.setattr(sweep, "count_params", lambda config: dict(params))
+  config = sweep.run_config(BASE, {"name": "x", "train.steps": 3})
+  record = sweep.make_record("x", config, {"eval/bits_per_byte": 2.5}, 1.0)
+  assert record["flops"] == flops.six_nd_flops(config, params)
+  assert record["flops_exact"] == pytest.approx(3 * flops.training_flops(config)["train"])
+  config.task = "var"  # no analytic formula: the record has 6ND only
+  assert "flops_exact" not in sweep.make_record("x", config, {"eval/bits_per_byte": 2.5}, 1.0)
+
+
+def test_collect_and_report_on_gcs_with_old_records(tmp_path, capsys):
+  """--collect on a gs:// workdir rebuilds results.jsonl and the report; records written before
+  flops_exact existed still load (their table cell is n/a)."""
+  workdir = "gs://bucket/scaling"
+  with _fake_gcs(tmp_path):
+    for i, n in enumerate((1000, 2000, 4000, 8000)):
+      extra = {"flops_exact": 2e9} if i else {}  # the first run predates flops_exact
+      _finish(workdir, _record(f"r{i}", params_non_embedding=n, flops=6e4 * n, val_loss=3 + 100 / n ** 0.5, **extra))
+    assert sweep.main([f"--sweep={HAT_SPEC}", f"--workdir={workdir}", "--collect", "--bootstrap=0"]) == 0
+  bucket = tmp_path / "bucket" / "scaling"
+  assert [json.loads(l)["name"] for l in (bucket / sweep.RESULTS).read_text().splitlines()] == ["r0", "r1", "r2", "r3"]
+  assert (bucket / "report" / "report.md").exists() and (bucket / "sweep.md").exists()
+  table = capsys.readouterr().out
+  assert "| r0 | hat | 1,000 | 2 | 1e+04 | 6e+07 | n/a |" in table and "| 2e+09 |" in table
