@@ -7,6 +7,8 @@
 token decoder 128 wide x 3 layers, L_B = 4, prefix 2 (D_emb = 128 / 4 = 32 per byte). Optimiser as the
 paper (AdamW b=(0.9, 0.95), wd 0.1, warm-up + cosine to 10 %, clip 1.0) and random first-block padding.
 Rows: block-aligned single-document windows of the corpus (hat_jax/train/block_tasks.py).
+Input embedding tables have 264 rows (256 bytes + pad, `vocab_pad_to_multiple=8`) so that tensor-parallel
+sizes up to 8 shard them; the extra rows are never used, and the first 257 initialise as a 257-row table's.
 """
 
 import ml_collections
@@ -44,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       log_every=max(1, steps // 20), eval_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2))
   config.model = ml_collections.ConfigDict(dict(
       block_decoder=stack(bd, bl, head_dim), token_decoder=stack(td, tl, head_dim), block_len=4,
-      prefix_len=2, decoding="prefix", vocab_size=256, attention_impl="xla"))
+      prefix_len=2, decoding="prefix", vocab_size=256, vocab_pad_to_multiple=8, attention_impl="xla"))
   config.data = byte_data(seq_len, batch, 8 if arg.size == "tiny" else 256, random_pad=True)
   config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=0.0))
   return config

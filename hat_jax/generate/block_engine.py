@@ -1,65 +1,180 @@
 """Batched, jitted prefill + decode for the Block Transformer and its vanilla baseline.
 
 Both engines preallocate every KV cache (`layers.KVCache`) for the whole generation and run the decode
-loop inside one `jax.jit` as a `lax.scan`, so a call is one compiled program:
+loop inside one `jax.jit` as a `lax.while_loop`, so a call is one compiled program:
 
   Block Transformer (`block_generate`)
-    prompt [B, T] -> left-padded with pad_id to a multiple of L_B (the paper's generate)
+    prompt [B, T] -> each row left-padded with pad_id to a block boundary (the paper's generate), n_prompt
+             = ceil(T / L_B) blocks (see "Ragged prompts").
     prefill: embedder + block decoder over the n_prompt prompt blocks (the only prefill; the token
              decoder never sees prompt bytes). Block cache: n_prompt + n_new - 1 entries, one per block.
     per new block: a fresh token-decoder cache of `token_context` (= prefix + L_B - 1) entries; feed the
              context vectors, then the block's bytes one at a time (L_B sampled bytes); then one block
-             decoder step on the new block. The token cache is re-created (reset) every block.
+             decoder step on the new block (except the last). The token cache is re-created every block.
   Vanilla (`vanilla_generate`)
-    prefill the prompt into caches of T + num_new - 1 entries, then one token per scan step.
+    prefill the prompt into caches of T + num_new - 1 entries, then one token per loop step.
 
-Prompts in a batch share one length (the throughput protocol pads all prompts to the target length).
-Sampling is `hat_jax.generate.sampling` (shared with HAT generation); greedy by default. With
-`return_logits=True` the engines also return the logits each byte was sampled from ([B, num_new, V]),
-which the tests compare with the uncached forward pass.
+Ragged prompts. `prompt_lengths` [B] says row b's prompt is prompt[b, :prompt_lengths[b]] (the rest of
+the row is ignored); by default every row is a whole prompt. Every row must generate what it would
+alone, in the same preallocated caches and one program, so a row's padding must be invisible:
+  - Block Transformer: each prompt is left-padded with pad_id to its own block boundary, i.e. 0..L_B-1
+    pads inside its first block, the same padding the model is trained with (random first-block
+    padding, `block_tasks`), so its n_b = ceil(len_b / L_B) blocks sit at block positions 0..n_b-1 as
+    if it were alone. Whole pad blocks then fill the row up to n_prompt, with block segment id 0:
+    the block cache stores them but does not count them, the first generated block overwrites them,
+    and no real block attends to them (segment 0 matches only padding). Prefill reads each row's
+    context at its last real block; from then on rows decode in lockstep, each at its own cache length.
+    (Left-padding all rows to the longest prompt instead would put more than L_B - 1 pads before a
+    short prompt, which the model never saw in training, and shift its block positions.)
+  - Vanilla: the same at byte level: bytes after a prompt get segment id 0, the first new byte is read
+    at each row's last prompt byte.
+Prompts from Python sequences of different lengths: `stack_prompts`.
+
+EOS. With `eos_id` set, a row stops at its first eos_id: everything it generates after that is replaced
+by pad_id, and the loop exits once every row has stopped (checked after each block / byte, on the
+device). The engines then also return per-row lengths (generated tokens up to and including eos_id;
+num_new for a row that never emitted it). With `eos_id=None` (default; the throughput benchmark) the
+loop always runs to num_new.
+
+Returns `tokens` [B, num_new], then `lengths` [B] if `eos_id` is set, then `logits` [B, num_new, V]
+(the logits each byte was sampled from, which the tests compare with the uncached forward pass) if
+`return_logits`; a single array when neither. Logits after a row's EOS are not meaningful. Sampling is
+`hat_jax.generate.sampling` (shared with HAT generation); greedy by default.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hat_jax.generate.sampling import GREEDY, SamplingConfig, sample
 from hat_jax.models.block_transformer import (
     BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM, empty_caches)
 
 
-def left_pad(prompt: jax.Array, block_len: int, pad_id: int) -> jax.Array:
-  """[B, T] -> [B, ceil(T / L_B) * L_B], pad_id on the left (the paper's preprocess_inputs_for_generation)."""
-  pad = (-prompt.shape[1]) % block_len
-  return jnp.pad(prompt, ((0, 0), (pad, 0)), constant_values=pad_id)
+def stack_prompts(prompts: Sequence[Sequence[int] | bytes], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts of any lengths -> prompt [B, max_len] int32 (right-filled with pad_id), prompt_lengths [B]."""
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError(f"stack_prompts needs at least one prompt and no empty ones, got lengths "
+                     f"{[len(p) for p in prompts]}.")
+  lengths = np.array([len(p) for p in prompts], np.int32)
+  out = np.full((len(prompts), lengths.max()), pad_id, np.int32)
+  for row, p in zip(out, prompts):
+    row[:len(p)] = np.frombuffer(p, np.uint8) if isinstance(p, bytes) else np.asarray(p)
+  return out, lengths
 
 
-def _check_prompt(prompt, num_new: int, multiple: int = 1) -> None:
+def layout_prompt(prompt: jax.Array, prompt_lengths: jax.Array, block_len: int,
+                  pad_id: int) -> tuple[jax.Array, jax.Array]:
+  """prompt [B, T], prompt_lengths [B] -> tokens [B, n * L_B] (n = ceil(T / L_B)), block segment ids [B, n].
+
+  Row b: prompt[b, :len_b] left-padded with pad_id to a block boundary (the paper's
+  preprocess_inputs_for_generation) in its first ceil(len_b / L_B) blocks (segment 1), then pad blocks
+  (segment 0). For equal lengths T this is plain left padding of the whole batch.
+  """
+  total = prompt.shape[1]
+  n = -(-total // block_len)
+  lengths = prompt_lengths.astype(jnp.int32)[:, None]  # [B, 1]
+  src = jnp.arange(n * block_len)[None] - (-lengths) % block_len  # [B, n * L_B]: index into the prompt
+  valid = (src >= 0) & (src < lengths)
+  tokens = jnp.where(valid, jnp.take_along_axis(prompt, jnp.clip(src, 0, total - 1), axis=1), pad_id)
+  segment_ids = (jnp.arange(n)[None] < -(-lengths // block_len)).astype(jnp.int32)
+  return tokens.astype(jnp.int32), segment_ids
+
+
+def _check_inputs(cfg, prompt, prompt_lengths, num_new: int, eos_id: int | None, multiple: int = 1) -> None:
+  """Shape checks, and value checks on prompt_lengths where they are concrete (not under an outer jit)."""
   if prompt.ndim != 2 or prompt.shape[1] < 1:
     raise ValueError(f"prompt must be [batch, prompt_len] with prompt_len >= 1, got shape {prompt.shape}.")
   if num_new < 1 or num_new % multiple:
     raise ValueError(f"num_new ({num_new}) must be a positive multiple of {multiple}.")
+  if eos_id is not None and not (isinstance(eos_id, int) and 0 <= eos_id < cfg.vocab_size):
+    raise ValueError(f"eos_id must be None (no stop) or a token id in [0, {cfg.vocab_size}), got {eos_id!r}.")
+  if prompt_lengths is None:
+    return
+  if np.shape(prompt_lengths) != prompt.shape[:1]:
+    raise ValueError(f"prompt_lengths must be [batch] = {prompt.shape[:1]}, got shape {np.shape(prompt_lengths)}.")
+  if not isinstance(prompt_lengths, jax.core.Tracer):
+    lengths = np.asarray(prompt_lengths)
+    if lengths.min() < 1 or lengths.max() > prompt.shape[1]:
+      raise ValueError(f"prompt_lengths must be in [1, prompt_len = {prompt.shape[1]}], got {lengths.tolist()}; "
+                       "every row needs a non-empty prompt (hat_jax.generate.block_engine.stack_prompts).")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_new", "sampling", "return_logits"))
-def block_generate(cfg: BlockTransformerConfig, params, prompt: jax.Array, rng: jax.Array, *, num_new: int,
-                   sampling: SamplingConfig = GREEDY, return_logits: bool = False):
-  """prompt [B, T] int32 -> generated bytes [B, num_new] (num_new a multiple of L_B) [, logits]."""
-  _check_prompt(prompt, num_new, cfg.block_len)
+def _lengths(prompt, prompt_lengths) -> jax.Array:
+  if prompt_lengths is None:
+    return jnp.full(prompt.shape[:1], prompt.shape[1], jnp.int32)
+  return jnp.asarray(prompt_lengths, jnp.int32)
+
+
+def _has_eos(chunk: jax.Array, eos_id: int | None) -> jax.Array:
+  """chunk [B, k] -> [B] bool: the chunk holds eos_id (never, when eos_id is None)."""
+  return jnp.zeros(chunk.shape[:1], bool) if eos_id is None else jnp.any(chunk == eos_id, axis=1)
+
+
+def _decode_loop(step, chunk, chunk_logits, state, num_chunks: int, *, eos_id: int | None, pad_id: int,
+                 return_logits: bool):
+  """The shared decode loop. Chunk 0 (chunk [B, k], chunk_logits [B, k, V]) comes from the prefill;
+  chunk i = 1..num_chunks-1 from `chunk, chunk_logits, state = step(i, previous chunk, state)`.
+
+  Outputs are preallocated and written in place, and a `lax.while_loop` stops early once every row has
+  emitted eos_id. Returns the engines' result: tokens [B, num_chunks * k] [, lengths [B]] [, logits].
+  """
+  batch, k = chunk.shape
+  out = jnp.full((batch, num_chunks, k), pad_id, jnp.int32).at[:, 0].set(chunk)
+  logits = None
+  if return_logits:
+    logits = jnp.zeros((batch, num_chunks) + chunk_logits.shape[1:], chunk_logits.dtype).at[:, 0].set(chunk_logits)
+
+  def cond(carry):
+    i, done = carry[0], carry[-1]
+    # Without an EOS the trip count stays static (i < const), as the benchmark's programs need.
+    return i < num_chunks if eos_id is None else (i < num_chunks) & ~jnp.all(done)
+
+  def body(carry):
+    i, chunk, state, out, logits, done = carry
+    chunk, chunk_logits, state = step(i, chunk, state)
+    out = jax.lax.dynamic_update_index_in_dim(out, chunk, i, axis=1)
+    if logits is not None:
+      logits = jax.lax.dynamic_update_index_in_dim(logits, chunk_logits, i, axis=1)
+    return i + 1, chunk, state, out, logits, done | _has_eos(chunk, eos_id)
+
+  carry = (jnp.int32(1), chunk, state, out, logits, _has_eos(chunk, eos_id))
+  _, _, _, out, logits, _ = jax.lax.while_loop(cond, body, carry)
+  tokens = out.reshape(batch, num_chunks * k)
+  result = (tokens,)
+  if eos_id is not None:
+    is_eos = tokens == eos_id
+    lengths = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, tokens.shape[1]).astype(jnp.int32)
+    result = (jnp.where(jnp.arange(tokens.shape[1])[None] < lengths[:, None], tokens, pad_id), lengths)
+  if return_logits:
+    result += (logits.reshape(batch, num_chunks * k, -1),)
+  return result[0] if len(result) == 1 else result
+
+
+_STATIC = ("cfg", "num_new", "sampling", "eos_id", "return_logits")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _block_generate(cfg: BlockTransformerConfig, params, prompt, prompt_lengths, rng, *, num_new, sampling,
+                    eos_id, return_logits):
   model = BlockTransformer(cfg)
   L = cfg.block_len
-  prompt = left_pad(prompt.astype(jnp.int32), L, cfg.pad_id)
-  batch, n_prompt = prompt.shape[0], prompt.shape[1] // L
+  tokens, block_segments = layout_prompt(prompt, prompt_lengths, L, cfg.pad_id)
+  batch, n_prompt = block_segments.shape
   n_new = num_new // L
 
   caches = empty_caches(cfg.block_decoder, batch, n_prompt + n_new - 1)
-  ctx, caches = model.apply(params, prompt.reshape(batch, n_prompt, L), caches, method=model.block_step)
+  ctx, caches = model.apply(params, tokens.reshape(batch, n_prompt, L), caches, segment_ids=block_segments,
+                            method=model.block_step)
+  rngs = jax.random.split(rng, n_new)
 
   def decode_block(ctx, rng):
-    """context [B, D] -> block bytes [B, L_B], their logits [B, L_B, V]."""
+    """context [B, D] -> block bytes [B, L_B], their logits [B, L_B, V] (None unless return_logits)."""
     caches = empty_caches(cfg.token_decoder, batch, cfg.token_context)  # reset every block
     rngs = jax.random.split(rng, L)
     ctx_vecs, logits, caches = model.apply(params, ctx, caches, method=model.token_first)
@@ -72,52 +187,55 @@ def block_generate(cfg: BlockTransformerConfig, params, prompt: jax.Array, rng: 
       all_bytes.append(byte)
     return jnp.stack(all_bytes, 1), (jnp.stack(all_logits, 1) if return_logits else None)
 
-  def step(carry, rng):
-    ctx, caches = carry
-    block, logits = decode_block(ctx, rng)
+  def step(i, block, caches):
+    """Feed block i-1 [B, L_B] to the block decoder, decode block i."""
     ctx, caches = model.apply(params, block[:, None], caches, method=model.block_step)
-    return (ctx, caches), (block, logits)
+    return *decode_block(ctx, rngs[i]), caches
 
-  rngs = jax.random.split(rng, n_new)
-  (ctx, caches), (blocks, logits) = jax.lax.scan(step, (ctx, caches), rngs[:-1])
-  last_block, last_logits = decode_block(ctx, rngs[-1])  # the last block is never fed back
-  out = jnp.concatenate([jnp.moveaxis(blocks, 0, 1).reshape(batch, -1), last_block], axis=1)
-  if not return_logits:
-    return out
-  logits = jnp.concatenate(
-      [jnp.moveaxis(logits, 0, 1).reshape(batch, (n_new - 1) * L, -1), last_logits], axis=1)
-  return out, logits
+  return _decode_loop(step, *decode_block(ctx, rngs[0]), caches, n_new, eos_id=eos_id, pad_id=cfg.pad_id,
+                      return_logits=return_logits)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_new", "sampling", "return_logits"))
-def vanilla_generate(cfg: VanillaConfig, params, prompt: jax.Array, rng: jax.Array, *, num_new: int,
-                     sampling: SamplingConfig = GREEDY, return_logits: bool = False):
-  """prompt [B, T] int32 -> generated bytes [B, num_new] [, logits [B, num_new, V]]."""
-  _check_prompt(prompt, num_new)
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _vanilla_generate(cfg: VanillaConfig, params, prompt, prompt_lengths, rng, *, num_new, sampling, eos_id,
+                      return_logits):
   model = VanillaLM(cfg)
   batch, prompt_len = prompt.shape
   caches = empty_caches(cfg.decoder, batch, prompt_len + num_new - 1)
-  logits, caches = model.apply(params, prompt.astype(jnp.int32), caches=caches)
+  segment_ids = (jnp.arange(prompt_len)[None] < prompt_lengths[:, None]).astype(jnp.int32)
+  logits, caches = model.apply(params, prompt.astype(jnp.int32), segment_ids=segment_ids, caches=caches)
+  logits = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)  # [B, 1, V]
   rngs = jax.random.split(rng, num_new)
-  logits = logits[:, -1]
-  byte = sample(logits, rngs[0], sampling)
 
-  def step(carry, rng):
-    byte, caches = carry
-    logits, caches = model.apply(params, byte[:, None], caches=caches)
-    logits = logits[:, -1]
-    new = sample(logits, rng, sampling)
-    return (new, caches), (new, logits if return_logits else None)
+  def step(i, byte, caches):
+    """Feed byte i-1 [B, 1], sample byte i."""
+    logits, caches = model.apply(params, byte, caches=caches)
+    return sample(logits, rngs[i], sampling), logits, caches
 
-  _, (rest, rest_logits) = jax.lax.scan(step, (byte, caches), rngs[1:])
-  out = jnp.concatenate([byte[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
-  if not return_logits:
-    return out
-  return out, jnp.concatenate([logits[:, None], jnp.moveaxis(rest_logits, 0, 1)], axis=1)
+  return _decode_loop(step, sample(logits, rngs[0], sampling), logits, caches, num_new, eos_id=eos_id,
+                      pad_id=cfg.pad_id, return_logits=return_logits)
 
 
-def generate(cfg, params, prompt, rng, *, num_new: int, sampling: SamplingConfig = GREEDY,
-             return_logits: bool = False):
+def block_generate(cfg: BlockTransformerConfig, params, prompt: jax.Array, rng: jax.Array, *, num_new: int,
+                   prompt_lengths: jax.Array | None = None, sampling: SamplingConfig = GREEDY,
+                   eos_id: int | None = None, return_logits: bool = False):
+  """prompt [B, T] int32 -> generated bytes [B, num_new] (num_new a multiple of L_B) [, lengths] [, logits]."""
+  _check_inputs(cfg, prompt, prompt_lengths, num_new, eos_id, cfg.block_len)
+  return _block_generate(cfg, params, jnp.asarray(prompt, jnp.int32), _lengths(prompt, prompt_lengths), rng,
+                         num_new=num_new, sampling=sampling, eos_id=eos_id, return_logits=return_logits)
+
+
+def vanilla_generate(cfg: VanillaConfig, params, prompt: jax.Array, rng: jax.Array, *, num_new: int,
+                     prompt_lengths: jax.Array | None = None, sampling: SamplingConfig = GREEDY,
+                     eos_id: int | None = None, return_logits: bool = False):
+  """prompt [B, T] int32 -> generated bytes [B, num_new] [, lengths [B]] [, logits [B, num_new, V]]."""
+  _check_inputs(cfg, prompt, prompt_lengths, num_new, eos_id)
+  return _vanilla_generate(cfg, params, jnp.asarray(prompt, jnp.int32), _lengths(prompt, prompt_lengths), rng,
+                           num_new=num_new, sampling=sampling, eos_id=eos_id, return_logits=return_logits)
+
+
+def generate(cfg, params, prompt, rng, *, num_new: int, prompt_lengths: jax.Array | None = None,
+             sampling: SamplingConfig = GREEDY, eos_id: int | None = None, return_logits: bool = False):
   """Dispatch on the config type (BlockTransformerConfig or VanillaConfig)."""
   if isinstance(cfg, BlockTransformerConfig):
     fn = block_generate
@@ -125,4 +243,5 @@ def generate(cfg, params, prompt, rng, *, num_new: int, sampling: SamplingConfig
     fn = vanilla_generate
   else:
     raise TypeError(f"generate() needs a BlockTransformerConfig or VanillaConfig, got {type(cfg).__name__}.")
-  return fn(cfg, params, prompt, rng, num_new=num_new, sampling=sampling, return_logits=return_logits)
+  return fn(cfg, params, prompt, rng, num_new=num_new, prompt_lengths=prompt_lengths, sampling=sampling,
+            eos_id=eos_id, return_logits=return_logits)

@@ -16,7 +16,9 @@ Read top to bottom like the paper's Figure 1:
 Tokens are bytes: `vocab_size` = 256 output classes. Input embedding tables have one extra row,
 `pad_id = vocab_size`, used for block padding (random first-block padding, end-of-document padding,
 left padding of prompts) and as the start token of the summation / cross-attention decoders; the pad
-id is never a prediction target.
+id is never a prediction target. `vocab_pad_to_multiple` rounds the input tables up further (257 ->
+264 for 8) so their "vocab" dim shards over the tensor-parallel mesh axis; the extra rows are never
+looked up, and the output heads stay at `vocab_size` rows, so they are never predicted either.
 
 Block j's L_B tokens are predicted from the context of blocks 0..j-1, so block 0 of a row is never a
 target (the paper's training rule); `BlockTransformer.__call__` returns logits for blocks 1..N-1.
@@ -61,9 +63,13 @@ class BlockTransformerConfig:
   prefix_len: int = 2  # prefix vectors per context embedding ("prefix" decoding)
   decoding: str = "prefix"
   vocab_size: int = 256  # bytes
+  # Input tables get round_up(vocab_size + 1, this) rows. 1 keeps 257 rows (older params load
+  # unchanged); the configs use 8, which tensor-parallel sizes 2, 4 and 8 divide.
+  vocab_pad_to_multiple: int = 1
   attention_impl: str = "xla"
 
   def __post_init__(self):
+    _check_vocab(self.vocab_size, self.vocab_pad_to_multiple)
     if not isinstance(self.block_len, int) or self.block_len < 1:
       raise ValueError(f"block_len (L_B) must be a positive int, got {self.block_len!r}.")
     if self.decoding not in DECODINGS:
@@ -76,12 +82,14 @@ class BlockTransformerConfig:
           f"({self.block_len}): the lookup+concat embedder uses D_emb = d_model / block_len per byte.")
     if self.block_decoder.window is not None or self.token_decoder.window is not None:
       raise ValueError("Block Transformer decoders use full causal attention; set window=None.")
-    if self.vocab_size < 2:
-      raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size!r}.")
 
   @property
   def pad_id(self) -> int:
     return self.vocab_size
+
+  @property
+  def input_vocab_size(self) -> int:
+    return _input_vocab_size(self.vocab_size, self.vocab_pad_to_multiple)
 
   @property
   def token_context(self) -> int:
@@ -102,19 +110,36 @@ class BlockTransformerConfig:
 class VanillaConfig:
   decoder: StackConfig
   vocab_size: int = 256
+  vocab_pad_to_multiple: int = 1  # as in BlockTransformerConfig
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    if self.vocab_size < 2:
-      raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size!r}.")
+    _check_vocab(self.vocab_size, self.vocab_pad_to_multiple)
 
   @property
   def pad_id(self) -> int:
     return self.vocab_size
 
+  @property
+  def input_vocab_size(self) -> int:
+    return _input_vocab_size(self.vocab_size, self.vocab_pad_to_multiple)
+
   @classmethod
   def from_config(cls, cfg) -> "VanillaConfig":
     return _from_mapping(cls, cfg, ("decoder",), "vanilla LM")
+
+
+def _check_vocab(vocab_size, multiple) -> None:
+  if not isinstance(vocab_size, int) or vocab_size < 2:
+    raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}.")
+  if not isinstance(multiple, int) or multiple < 1:
+    raise ValueError(f"vocab_pad_to_multiple must be a positive int (e.g. the tensor-parallel size), "
+                     f"got {multiple!r}.")
+
+
+def _input_vocab_size(vocab_size: int, multiple: int) -> int:
+  """Rows of an input embedding table: the vocabulary plus pad_id, rounded up to `multiple`."""
+  return -(-(vocab_size + 1) // multiple) * multiple
 
 
 def _from_mapping(cls, cfg, stacks: tuple[str, ...], label: str):
@@ -148,7 +173,7 @@ def _check_tokens(tokens: jax.Array, block_len: int) -> None:
 class LookupConcatEmbedder(nn.Module):
   """[B, N, L_B] byte ids -> [B, N, D]: each byte looks up D/L_B dims, the L_B lookups are concatenated."""
 
-  vocab_size: int  # including pad
+  vocab_size: int  # table rows: including pad_id (and any rows padding it to a multiple)
   d_model: int
   block_len: int
 
@@ -200,7 +225,7 @@ class TokenDecoder(nn.Module):
 
   def setup(self):
     cfg, tok = self.cfg, self.cfg.token_decoder
-    self.embed = nn.Embed(cfg.vocab_size + 1, tok.d_model, embedding_init=embed_init(), name="embed")
+    self.embed = nn.Embed(cfg.input_vocab_size, tok.d_model, embedding_init=embed_init(), name="embed")
     n_ctx = cfg.prefix_len if cfg.decoding == "prefix" else cfg.block_len
     # Conv1d(kernel=1) of the paper == a Dense to n_ctx * D_tok, reshaped to n_ctx vectors.
     d_block = cfg.block_decoder.d_model
@@ -271,7 +296,7 @@ class BlockTransformer(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.embedder = LookupConcatEmbedder(cfg.vocab_size + 1, cfg.block_decoder.d_model, cfg.block_len,
+    self.embedder = LookupConcatEmbedder(cfg.input_vocab_size, cfg.block_decoder.d_model, cfg.block_len,
                                          name="embedder")
     self.block_decoder = Stack(cfg.block_decoder, stack_mask(cfg.block_decoder), cfg.attention_impl,
                                name="block_decoder")
@@ -313,14 +338,21 @@ class BlockTransformer(nn.Module):
   # -- generation steps (used by hat_jax.generate.block_engine) ---------------------------------------
 
   def block_step(self, blocks, caches, *, segment_ids=None):
-    """Feed blocks [B, n, L_B] to the block decoder at positions cache.length.. -> last context [B, D]."""
+    """Feed blocks [B, n, L_B] to the block decoder at positions cache.length.. -> context [B, D] of
+    each row's last real block.
+
+    segment_ids [B, n] (default all 1): 1 for real blocks, 0 for padding blocks, which must follow a
+    row's real ones (ragged prompts); the cache stores padding but does not count it, so the next
+    step overwrites it and no real block ever attends to it (`KVCache.append`).
+    """
     batch, n, _ = blocks.shape
     start = caches[0].length[:, None]
     positions = start + jnp.arange(n, dtype=jnp.int32)[None]
     if segment_ids is None:
       segment_ids = jnp.ones((batch, n), jnp.int32)
     ctx, caches = self.contexts(blocks, positions=positions, segment_ids=segment_ids, caches=caches)
-    return ctx[:, -1], caches
+    last = jnp.sum(segment_ids != 0, axis=1) - 1  # [B]
+    return jnp.take_along_axis(ctx, last[:, None, None], axis=1)[:, 0], caches
 
   def token_first(self, context, caches):
     """Start a block: context [B, D] -> (context vectors, logits for its first byte [B, V], caches)."""
@@ -344,7 +376,7 @@ class VanillaLM(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.embed = nn.Embed(cfg.vocab_size + 1, cfg.decoder.d_model, embedding_init=embed_init(), name="embed")
+    self.embed = nn.Embed(cfg.input_vocab_size, cfg.decoder.d_model, embedding_init=embed_init(), name="embed")
     self.decoder = Stack(cfg.decoder, stack_mask(cfg.decoder), cfg.attention_impl, name="decoder")
     self.final_norm = RMSNorm(cfg.decoder.norm_eps, name="final_norm")
     self.head = nn.Dense(cfg.vocab_size, use_bias=False, name="head",

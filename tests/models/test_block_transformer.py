@@ -1,15 +1,20 @@
-"""Block Transformer + vanilla baseline: shapes, causal / block / segment masks, layout and padding, configs."""
+"""Block Transformer + vanilla baseline: shapes, causal / block / segment masks, layout and padding, configs,
+tensor-parallel sharding."""
 
+import importlib
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hat_jax import sharding
 from hat_jax.models.block_transformer import (
     DECODINGS, BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM)
 from hat_jax.models.layers import StackConfig
 from hat_jax.train.block_tasks import (
-    PAD_ID, DocumentWindows, aligned_row, block_align, block_loss, eval_rows, vanilla_loss)
+    PAD_ID, TASKS, DocumentWindows, aligned_row, block_align, block_loss, eval_rows, vanilla_loss)
 from tests import jit_helpers
 
 L = 4
@@ -41,6 +46,10 @@ def test_shapes_and_embedder(decoding):
   table = params["params"]["embedder"]["embedding"]
   table = getattr(table, "value", table)
   assert table.shape == (257, 16 // L)  # D_emb = D / L_B; one extra row for pad_id
+  padded = jax.eval_shape(BlockTransformer(block_cfg(decoding, vocab_pad_to_multiple=8)).init, jax.random.key(0),
+                          jnp.zeros((1, 2 * L), jnp.int32))["params"]
+  assert padded["embedder"]["embedding"].value.shape == (264, 16 // L)  # 257 rounded up to a multiple of 8
+  assert padded["token_decoder"]["embed"]["embedding"].value.shape == (264, 16)
   assert cfg.token_context == (2 + L - 1 if decoding == "prefix" else L)
 
 
@@ -167,6 +176,7 @@ def test_document_windows_deterministic_and_resumable():
     (dict(decoding="sum"), "decoding must be one of"),
     (dict(prefix_len=0), "prefix_len"),
     (dict(vocab_size=1), "vocab_size"),
+    (dict(vocab_pad_to_multiple=0), "vocab_pad_to_multiple must be a positive int"),
 ])
 def test_bad_block_config_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -197,9 +207,6 @@ def test_bad_config_errors_from_dicts_and_inputs():
 
 @pytest.mark.parametrize("config_module", ["block_transformer", "vanilla_lm"])
 def test_tiny_config_task_loss_and_sample(config_module):
-  import importlib
-
-  from hat_jax.train.block_tasks import TASKS
   module = importlib.import_module(f"configs.{config_module}")
   config = module.get_config("tiny")
   config.sample.num_bytes = 6  # block model rounds up to a whole block
@@ -213,3 +220,34 @@ def test_tiny_config_task_loss_and_sample(config_module):
   assert isinstance(text, str) and len(text.encode("utf-8", errors="surrogateescape")) >= 1
   with pytest.raises(ValueError, match="Unknown"):
     module.get_config("huge")
+
+
+def _sharded_init(task, mesh, rules):
+  with nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(task.init_params, jax.random.key(0))
+    shardings = sharding.state_shardings(abstract, mesh, rules)  # checks divisibility
+    return jax.jit(lambda rng: nn.unbox(task.init_params(rng)), out_shardings=shardings)(jax.random.key(0))
+
+
+@pytest.mark.parametrize("config_module, table", [("block_transformer", ("embedder", "embedding")),
+                                                  ("vanilla_lm", ("embed", "embedding"))],
+                         ids=["block_transformer", "vanilla_lm"])
+def test_tiny_config_runs_with_tensor_parallelism_2(config_module, table):
+  """Mesh data=4 x tensor=2 on the 8 CPU devices: the input table (padded to 264 rows) shards over
+  `tensor` and the sharded loss equals the one-device loss; the unpadded 257-row table is a clear error."""
+  config = importlib.import_module(f"configs.{config_module}").get_config("tiny")
+  config.mesh.data, config.mesh.tensor = 4, 2
+  mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.logical_axis_rules)
+  task = TASKS[config.task](config)
+  params = _sharded_init(task, mesh, rules)
+  embedding = params["params"][table[0]][table[1]]
+  assert embedding.shape[0] == 264 and embedding.sharding.spec[0] == "tensor"
+  batch = next(DocumentWindows([bytes(range(97, 123)) * 4], 4, config.data.seq_len, L, seed=0, random_pad=True))
+  with sharding.use_mesh(mesh, rules):
+    loss, _ = jax.jit(task.loss)(params, sharding.global_batch_from_full(batch, mesh, rules), None)
+  reference, _ = jax.jit(task.loss)(jax.device_get(params), batch, None)
+  np.testing.assert_allclose(float(loss), float(reference), rtol=1e-5)
+
+  config.model.vocab_pad_to_multiple = 1
+  with pytest.raises(ValueError, match=rf"{table[1]}: dim 0 \('vocab', size 257\) over mesh axes \('tensor',\)"):
+    _sharded_init(TASKS[config.task](config), mesh, rules)
