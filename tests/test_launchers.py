@@ -33,7 +33,7 @@ def test_tpu_dry_run_builds_the_gcloud_command(capsys):
   remote = next(a for a in argv if a.startswith("--command=")).removeprefix("--command=")
   # The remote command is itself valid shell: setup, then training with every override.
   words = shlex.split(remote.replace(";", " ; "))
-  assert "https://example.com/hat_jax.git" in words and "'jax[tpu]'" in remote
+  assert "https://example.com/hat_jax.git" in words and "'.[tpu]'" in remote
   main_at = words.index("hat_jax.main")
   assert words[main_at - 2:main_at] == ["python3", "-m"]
   assert words[main_at + 1:] == ["--config=configs/hat.py:small", "--workdir=gs://bucket/runs/hat", "--mode=train",

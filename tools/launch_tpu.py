@@ -13,8 +13,8 @@ the data, and all hosts write one orbax checkpoint to the shared `gs://` workdir
 give every host a different, partial run directory, so it is refused).
 
 Setup on the workers (skip with --setup=''): clone --repo at --ref into ~/hat_jax (or update it),
-then `pip install -e . jax[tpu] gcsfs` (gcsfs: etils.epath's gs:// backend, which orbax and the sweep's
-workdir checks use). Code must be reachable from the VMs (a pushed branch or tag).
+then `pip install -e '.[tpu]'` (jax[tpu], plus gcsfs and google-cloud-storage: the gs:// backends of
+etils.epath, used by orbax, the metric files and the sweep's workdir checks, and of tensorboardX). Code must be reachable from the VMs (a pushed branch or tag).
 
 Sweeps (`--sweep=SPEC [--only=RUN,...]`): the workers run `python3 -m experiments.sweep --sweep=SPEC
 --only=RUN --no-report` instead of hat_jax.main (--config is then the base config, default the spec's
@@ -136,7 +136,7 @@ def default_setup(repo: str, ref: str) -> str:
   q = shlex.quote
   return (f"(test -d ~/hat_jax || git clone -q {q(repo)} ~/hat_jax) && cd ~/hat_jax && git fetch -q origin && "
           f"git checkout -q {q(ref)} && (git pull -q --ff-only || true) && "
-          f"python3 -m pip install -q -e . 'jax[tpu]' gcsfs")
+          f"python3 -m pip install -q -e '.[tpu]'")
 
 
 def worker_command(args, overrides: list[str]) -> str:

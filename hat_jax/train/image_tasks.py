@@ -14,6 +14,7 @@ class with probability `model.cond_drop`), so `loss` is deterministic and eval b
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from hat_jax.models import axial as axial_lib
@@ -120,19 +122,24 @@ class ArrayBatches:
 # --------------------------------------------------------------------------------------------------
 
 
+# Paths go through etils.epath so that exported params and sample grids land in a gs:// workdir too.
+
+
 def save_params(path: str, params) -> None:
   flat = traverse_util.flatten_dict(nn.unbox(jax.device_get(params)), sep="/")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("wb") as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 def load_params(path: str):
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(
         f"Tokenizer params {path} not found. Train the tokenizer and export it first: python -m hat_jax.main "
         f"--config=configs/vqvae.py:tiny --workdir=runs/vqvae --mode=train_and_sample "
         f"--config.sample.output_dir={os.path.dirname(path) or '.'}, then set config.tokenizer.params_path.")
-  with np.load(path) as f:
+  with epath.Path(path).open("rb") as raw, np.load(raw) as f:
     # numpy, not jnp: the params may first be touched inside a trace (a Task's loss), and numpy constants
     # never become tracers.
     return traverse_util.unflatten_dict({k: np.asarray(f[k]) for k in f.files}, sep="/")
@@ -156,8 +163,10 @@ def write_png(path: str, image: np.ndarray, upscale: int = 4) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  plt.imsave(path, np.kron(image, np.ones((upscale, upscale), np.uint8)), cmap="gray", vmin=0, vmax=255)
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("wb") as f:
+    plt.imsave(f, np.kron(image, np.ones((upscale, upscale), np.uint8)), cmap="gray", vmin=0, vmax=255, format="png")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,11 +269,13 @@ class _TokenizedTask(_ImageTask):
     return self._vq_params
 
   def make_features(self, images, labels):
-    path = os.path.abspath(self.config.tokenizer.params_path)
-    key = (path, os.path.getmtime(path), images.shape, hash(images.tobytes()))
+    vq_params = self.vq_params  # first: a missing tokenizer file gets its explanatory error
+    # Keyed on the tokenizer file's content: a re-exported tokenizer at the same path re-tokenizes.
+    params_digest = hashlib.sha256(epath.Path(self.config.tokenizer.params_path).read_bytes()).hexdigest()
+    key = (params_digest, images.shape, hash(images.tobytes()))
     if key not in _TOKEN_CACHE:  # VAR and raster AR tasks in one process tokenize a split once
       encode = jax.jit(lambda p, x: self.vq.apply(p, x, method=MultiScaleVQVAE.encode))
-      chunks = [np.asarray(encode(self.vq_params, images[i:i + 1000])) for i in range(0, len(images), 1000)]
+      chunks = [np.asarray(encode(vq_params, images[i:i + 1000])) for i in range(0, len(images), 1000)]
       _TOKEN_CACHE[key] = np.concatenate(chunks).astype(np.int32)
     return {"tokens": _TOKEN_CACHE[key], "labels": labels}
 

@@ -3,6 +3,11 @@
 Only process 0 writes; other processes get a writer whose methods do nothing, so call sites need no
 `if process_index == 0`. `metrics.jsonl` has one JSON object per write: {"step", "split", ...values},
 so tests and scaling scripts read numbers from files, not from logs.
+
+Workdirs may be remote (`gs://...` on TPU pods; through `etils.epath`, which needs `gcsfs` there).
+Cloud objects cannot be appended to, so for a remote workdir `metrics.jsonl` is rewritten whole on
+each write (it holds one line per logging step: kilobytes), starting from what a resumed run had
+written; TensorBoard events go through tensorboardX's own gs:// writer.
 """
 
 from __future__ import annotations
@@ -15,6 +20,12 @@ import time
 from collections.abc import Mapping
 
 import numpy as np
+from etils import epath
+
+
+def is_remote(path: str) -> bool:
+  """True for URL-style paths (gs://, s3://, ...) that os-level file calls would silently treat as local."""
+  return "://" in str(path)
 
 
 def _fmt(value: float) -> str:
@@ -32,15 +43,20 @@ class MetricWriter:
                progress: bool = True):
     self.enabled = enabled
     self._tb = None
-    self._jsonl = None
+    self._jsonl = None  # local workdir: an open file appended to
+    self._remote_lines: list[str] | None = None  # remote workdir: every line, the file is rewritten
     self._bar = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._path = epath.Path(workdir) / "metrics.jsonl"
+    self._path.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(workdir):
+      self._remote_lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+    else:
+      self._jsonl = open(self._path, "a", encoding="utf-8")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(str(workdir), "tensorboard"))
     except ImportError:  # TensorBoard is optional; jsonl + stdout still work.
       self._tb = None
     if progress and total_steps:
@@ -53,8 +69,13 @@ class MetricWriter:
       return
     values = {k: float(np.asarray(v)) for k, v in values.items()}
     record = {"step": int(step), "split": split, "time": time.time(), **values}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(record) + "\n"
+    if self._remote_lines is not None:
+      self._remote_lines.append(line)
+      self._path.write_text("".join(self._remote_lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(f"{split}/{k}", v, step)
@@ -89,11 +110,10 @@ class MetricWriter:
 
 def read_jsonl(workdir: str, split: str | None = None) -> list[dict]:
   """Records from `<workdir>/metrics.jsonl` (optionally one split), for tests and analysis scripts."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
     return []
-  with open(path, encoding="utf-8") as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
   return [r for r in records if split is None or r["split"] == split]
 
 

@@ -9,11 +9,11 @@ import subprocess
 
 import pytest
 from etils import epath
-from etils.epath import testing as epath_testing
 
 from experiments import sweep
 from hat_jax.train import flops
 from hat_jax.train import trainer
+from tests.fakes import fake_gcs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BASE = f"{ROOT}/configs/hat.py:size=test,corpus=toy"
@@ -113,14 +113,6 @@ def test_run_skip_resume_results_and_commands(tmp_path, monkeypatch, capsys):
   assert sweep.main(["--sweep", spec, "--workdir", workdir, "--only", "zzz"]) == 2
 
 
-def _fake_gcs(root):
-  """etils.epath with gs://... mapped onto the local directory `root` (no GCS access in tests)."""
-  def local(original, *args, **kwargs):
-    return original(*(f"{root}/{a[len('gs://'):]}" if str(a).startswith("gs://") else a for a in map(str, args)),
-                    **kwargs)
-  return epath_testing.mock_epath(**{fn: local for fn in ("exists", "isdir", "listdir", "makedirs", "mkdir",
-                                                           "open", "replace", "rename", "remove", "glob")})
-
 
 def _launch_tpu():
   spec = importlib.util.spec_from_file_location("launch_tpu_under_test", ROOT / "tools" / "launch_tpu.py")
@@ -154,7 +146,7 @@ def _in_repo_root(monkeypatch):
 def test_print_commands_on_a_gcs_workdir_skip_finished_runs(tmp_path, capsys):
   runs, base = sweep.load_sweep(str(ROOT / HAT_SPEC))
   workdir = "gs://bucket/scaling"
-  with _fake_gcs(tmp_path):
+  with fake_gcs(tmp_path):
     _finish(workdir, _record(runs[0]["name"]))
     assert sweep.main([f"--sweep={HAT_SPEC}", f"--workdir={workdir}", "--override=mesh.fsdp=4", "--print-commands"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
@@ -171,7 +163,7 @@ def test_tpu_launch_commands_dry_run_end_to_end(tmp_path, capsys):
   runs, base = sweep.load_sweep(str(ROOT / HAT_SPEC))
   workdir = "gs://bucket/scaling"
   launch_tpu = _launch_tpu()
-  with _fake_gcs(tmp_path):
+  with fake_gcs(tmp_path):
     _finish(workdir, _record(runs[0]["name"]))
     assert sweep.main([f"--sweep={HAT_SPEC}", f"--workdir={workdir}", *TPU, "--override=mesh.fsdp=4",
                        "--launcher-arg=--num-slices=2", "--launcher-arg=--setup=", "--print-commands"]) == 0
@@ -209,7 +201,7 @@ def test_tpu_launcher_runs_the_launches_in_turn(tmp_path, monkeypatch, capsys):
 
   monkeypatch.setattr(subprocess, "Popen", FakeSsh)
   args = [f"--sweep={HAT_SPEC}", "--workdir=gs://bucket/scaling", *TPU, "--launcher-arg=--setup=", "--no-report"]
-  with _fake_gcs(tmp_path):
+  with fake_gcs(tmp_path):
     assert sweep.main(args + [f"--only={runs[0]['name']},{runs[1]['name']}"]) == 0
     assert [f"--only={r['name']}" in c[-1] for r, c in zip(runs, started)] == [True, True]
     capsys.readouterr()
@@ -231,7 +223,7 @@ def test_launcher_and_override_errors(args, message, capsys):
 
 
 def test_bad_launcher_arg_stops_before_anything_is_printed(tmp_path, capsys):
-  with _fake_gcs(tmp_path), pytest.raises(SystemExit) as exit_info:
+  with fake_gcs(tmp_path), pytest.raises(SystemExit) as exit_info:
     sweep.main([f"--sweep={HAT_SPEC}", "--workdir=/local/dir", *TPU, "--print-commands"])
   assert exit_info.value.code == 2
   captured = capsys.readouterr()
@@ -258,7 +250,7 @@ def test_collect_and_report_on_gcs_with_old_records(tmp_path, capsys):
   """--collect on a gs:// workdir rebuilds results.jsonl and the report; records written before
   flops_exact existed still load (their table cell is n/a)."""
   workdir = "gs://bucket/scaling"
-  with _fake_gcs(tmp_path):
+  with fake_gcs(tmp_path):
     for i, n in enumerate((1000, 2000, 4000, 8000)):
       extra = {"flops_exact": 2e9} if i else {}  # the first run predates flops_exact
       _finish(workdir, _record(f"r{i}", params_non_embedding=n, flops=6e4 * n, val_loss=3 + 100 / n ** 0.5, **extra))
