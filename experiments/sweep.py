@@ -47,6 +47,7 @@ TPU workdir is gs://; every workdir read and write here goes through `etils.epat
 from __future__ import annotations
 
 import argparse
+import collections
 import ast
 import functools
 import importlib.util
@@ -250,8 +251,8 @@ def _jsonl(records: list[dict[str, Any]]) -> str:
 
 def report(workdir: str, n_boot: int = 30) -> str:
   """Fits every law into <workdir>/report. When a family has runs at several step counts, L(N) and
-  L(C) mix data budgets; so a second report (<workdir>/report_max_steps) uses only each family's
-  runs at its largest step count, the clean L(N) at fixed D. Returns the markdown printed.
+  L(C) mix data budgets; so a second report (<workdir>/report_fixed_D) uses only each family's runs
+  at its most-used step count (`fixed_d_steps`), the clean L(N) at fixed D. Returns the markdown printed.
 
   The fitting and plotting code writes local files, so a remote (gs://) workdir is reported into a
   local temporary directory whose files are then copied up."""
@@ -279,22 +280,32 @@ def _report(workdir: str, records: list[dict[str, Any]], n_boot: int) -> str:
   report_lib.write_report(os.path.join(workdir, RESULTS), os.path.join(workdir, "report"), n_boot=n_boot)
   with open(os.path.join(workdir, "report", "report.md"), encoding="utf-8") as f:
     out.append(f.read())
-  max_steps = {}
-  for r in records:
-    max_steps[r["model"]] = max(max_steps.get(r["model"], 0), r["steps"])
-  fixed = [r for r in records if r["steps"] == max_steps[r["model"]]]
+  budget = fixed_d_steps(records)
+  fixed = [r for r in records if r["steps"] == budget[r["model"]]]
   if len(fixed) < len(records):
-    path = os.path.join(workdir, "results_max_steps.jsonl")
+    path = os.path.join(workdir, "results_fixed_D.jsonl")
     with open(path, "w", encoding="utf-8") as f:
       f.write(_jsonl(fixed))
-    report_lib.write_report(path, os.path.join(workdir, "report_max_steps"), n_boot=n_boot)
-    with open(os.path.join(workdir, "report_max_steps", "report.md"), encoding="utf-8") as f:
-      out.append("## Runs at each family's largest step count only\n\n" + f.read())
+    report_lib.write_report(path, os.path.join(workdir, "report_fixed_D"), n_boot=n_boot)
+    with open(os.path.join(workdir, "report_fixed_D", "report.md"), encoding="utf-8") as f:
+      out.append("## Fixed D: each family's runs at its most-used step count ("
+                 + ", ".join(f"{m}: {st}" for m, st in sorted(budget.items())) + ")\n\n" + f.read())
   out.append(runs_table(records))
   text = "\n\n".join(out)
   with open(os.path.join(workdir, "sweep.md"), "w", encoding="utf-8") as f:
     f.write(text)
   return text
+
+
+def fixed_d_steps(records: list[dict[str, Any]]) -> dict[str, int]:
+  """Per family, the step count (data budget) with the most runs, ties to the larger: the runs that
+  give L(N) and L(C) at fixed D when a sweep also varies D."""
+  counts = collections.Counter((r["model"], r["steps"]) for r in records)
+  best = {}
+  for (model, steps), n in counts.items():
+    if model not in best or (n, steps) > (counts[(model, best[model])], best[model]):
+      best[model] = steps
+  return best
 
 
 def runs_table(records: list[dict[str, Any]]) -> str:

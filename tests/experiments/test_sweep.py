@@ -260,3 +260,9 @@ def test_collect_and_report_on_gcs_with_old_records(tmp_path, capsys):
   assert (bucket / "report" / "report.md").exists() and (bucket / "sweep.md").exists()
   table = capsys.readouterr().out
   assert "| r0 | hat | 1,000 | 2 | 1e+04 | 6e+07 | n/a |" in table and "| 2e+09 |" in table
+
+
+def test_fixed_d_budget_is_the_most_used_step_count():
+  recs = [{"model": "hat", "steps": s} for s in (60, 150, 150, 150, 300, 300)] + [
+      {"model": "bytes", "steps": s} for s in (60, 60, 300, 300)]
+  assert sweep.fixed_d_steps(recs) == {"hat": 150, "bytes": 300}  # ties go to the larger budget
