@@ -6,9 +6,11 @@
    the Axial Transformer over pixels (configs/axial.py) with the trainer, same step count and batch.
 3. Test NLL from the trainer's eval (on `--eval_examples` MNIST test images): bits per image over the VQ
    tokens (VAR, raster AR: same tokens, directly comparable) and pixel bits/dim (Axial).
-4. Sampling: for each model, one jitted class-conditional sampler per batch in `--sample_batches`, warmed up
-   (compile excluded), then the mean of `--repeats` timed runs -> images/s; sequential network passes
-   per image (VAR: one per scale; raster AR: one per token; Axial: H outer + H*W inner row passes).
+4. Sampling: for each model, one jitted class-conditional sampler per batch in `--sample_batches`
+   (labels 0, 1, ..., 9, 0, ... so batch 1 is the latency case), warmed up (compile excluded), then
+   `--repeats` rounds that time each model once in turn (so a load change on a shared machine hits all
+   models alike); the median -> images/s. Sequential network passes per image (VAR: one per scale;
+   raster AR: one per token; Axial: H outer + H*W inner row passes).
 5. Write results.md / results.json and PNG grids of class-conditional samples into --workdir.
 
   PYTHONPATH=. python experiments/images/benchmark.py --workdir=runs/images
@@ -67,14 +69,16 @@ def train(config, workdir: str, previous: dict) -> dict:
   return final
 
 
-def time_sampler(fn, repeats: int) -> tuple[float, object]:
-  out = jax.block_until_ready(fn(jax.random.key(0)))  # compile + warm up
-  times = []
+def time_samplers(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, object]]:
+  """Median seconds per call of each fn(key), timed round-robin; and each fn's warm-up output."""
+  outs = {name: jax.block_until_ready(fn(jax.random.key(0))) for name, fn in fns.items()}  # compile + warm up
+  times = {name: [] for name in fns}
   for r in range(repeats):
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(jax.random.key(r + 1)))
-    times.append(time.perf_counter() - t0)
-  return float(np.mean(times)), out
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(jax.random.key(r + 1)))
+      times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(t)) for name, t in times.items()}, outs
 
 
 def main():
@@ -85,15 +89,18 @@ def main():
   p.add_argument("--vq_steps", type=int, default=600)
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--eval_examples", type=int, default=2000, help="first MNIST test images for the NLL (0 = all)")
-  p.add_argument("--sample_batches", default="10,40", help="images per sampling call (multiples of 10), comma separated")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--sample_batches", default="1,10,40", help="images per sampling call, comma separated; the "
+                 "sample grids come from the largest multiple of 10")
+  p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--cfg_scale", type=float, default=2.0)
   p.add_argument("--source", default="mnist", choices=["mnist", "synthetic"])
   args = p.parse_args()
   os.makedirs(args.workdir, exist_ok=True)
   batches = [int(b) for b in args.sample_batches.split(",")]
-  if any(b % 10 or b < 10 for b in batches):
-    raise ValueError(f"--sample_batches must be positive multiples of 10 (one label per class), got {batches}.")
+  if not batches or any(b < 1 for b in batches) or args.repeats < 1:
+    raise ValueError(f"--sample_batches must be positive ints and --repeats >= 1, got {args.sample_batches!r} and "
+                     f"{args.repeats}.")
+  grid_batch = max((b for b in batches if b % 10 == 0), default=None)
   previous_path = os.path.join(args.workdir, "results.json")
   previous = json.load(open(previous_path)) if os.path.exists(previous_path) else {}
   results: dict = {"command": " ".join(sys.argv), "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, "
@@ -131,15 +138,16 @@ def main():
   samplers["axial"] = (size + size * size, lambda key, labels, at=at, prm=ax_params: axial_lib.sample(
       at.model, prm, labels, key))
   for nb in batches:
-    labels = jnp.tile(jnp.arange(10, dtype=jnp.int32), nb // 10)
-    for name, (steps, fn) in samplers.items():
-      seconds, images = time_sampler(lambda key, fn=fn, labels=labels: fn(key, labels), args.repeats)
-      results[name].update({"sample_steps": steps, f"sample_seconds@{nb}": seconds,
-                            f"images_per_sec@{nb}": nb / seconds})
-      if nb == max(batches):
-        grid = image_tasks.image_grid(np.asarray(images), rows=nb // 10)
+    labels = jnp.arange(nb, dtype=jnp.int32) % 10
+    seconds, images = time_samplers(
+        {name: (lambda key, fn=fn: fn(key, labels)) for name, (_, fn) in samplers.items()}, args.repeats)
+    for name, (steps, _) in samplers.items():
+      results[name].update({"sample_steps": steps, f"sample_seconds@{nb}": seconds[name],
+                            f"images_per_sec@{nb}": nb / seconds[name]})
+      if nb == grid_batch:
+        grid = image_tasks.image_grid(np.asarray(images[name]), rows=nb // 10)
         image_tasks.write_png(os.path.join(args.workdir, f"samples_{name}.png"), grid)
-      print(name, f"{steps} sequential passes, {seconds:.3f} s per {nb} images", flush=True)
+      print(name, f"{steps} sequential passes, {seconds[name]:.4f} s per {nb} images", flush=True)
 
   # 5. Table.
   v, r, a, q = results["var"], results["raster_ar"], results["axial"], results["vqvae"]
