@@ -240,9 +240,25 @@ def collect(workdir: str) -> list[dict[str, Any]]:
   for name in sorted(p.name for p in root.iterdir()) if root.is_dir() else []:
     path = _final_path(workdir, name)
     if path.exists():
-      records.append(json.loads(path.read_text())["record"])
+      records.append(_with_exact_flops(json.loads(path.read_text())))
   _write_atomic(root / RESULTS, _jsonl(records))
   return records
+
+
+def _with_exact_flops(final: dict[str, Any]) -> dict[str, Any]:
+  """The run's record; records written before `flops_exact` existed get it from their stored config
+  (analytic, no model is built). Runs whose task has no formula, or whose config no longer loads,
+  keep the record as stored."""
+  from hat_jax.train import flops  # pylint: disable=g-import-not-at-top
+
+  record = final["record"]
+  if "flops_exact" in record or "config_base" not in final:
+    return record
+  try:
+    exact = flops.step_flops_or_none(run_config(final["config_base"], final["overrides"]))
+  except (OSError, ValueError, KeyError):
+    return record
+  return record if exact is None else {**record, "flops_exact": exact * int(record["steps"])}
 
 
 def _jsonl(records: list[dict[str, Any]]) -> str:

@@ -266,3 +266,15 @@ def test_fixed_d_budget_is_the_most_used_step_count():
   recs = [{"model": "hat", "steps": s} for s in (60, 150, 150, 150, 300, 300)] + [
       {"model": "bytes", "steps": s} for s in (60, 60, 300, 300)]
   assert sweep.fixed_d_steps(recs) == {"hat": 150, "bytes": 300}  # ties go to the larger budget
+
+
+def test_collect_backfills_exact_flops_from_the_stored_config(tmp_path):
+  run = {"name": "old", "train.steps": 3}
+  path = tmp_path / "old" / sweep.FINAL
+  path.parent.mkdir()
+  path.write_text(json.dumps({"config_base": BASE, "overrides": run, "record": _record("old", steps=3)}))
+  _finish(str(tmp_path), _record("no_config"))  # nothing to rebuild it from: kept as stored
+  by_name = {r["name"]: r for r in sweep.collect(str(tmp_path))}
+  expected = 3 * flops.training_flops(sweep.run_config(BASE, run))["train"]
+  assert by_name["old"]["flops_exact"] == pytest.approx(expected)
+  assert "flops_exact" not in by_name["no_config"]
