@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from hat_jax.models.block_transformer import BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM
-from hat_jax.train.task import Batch, Metrics, Task
+from hat_jax.train.task import Batch, Metrics, StepIndexedBatches, Task
 
 PAD_ID = 256  # = vocab_size for bytes
 
@@ -93,8 +93,8 @@ def block_align(tokens: np.ndarray, segment_ids: np.ndarray, block_len: int, rng
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-class DocumentWindows:
-  """Infinite batches of block-aligned single-document windows, deterministic in (seed, step).
+class DocumentWindows(StepIndexedBatches):
+  """Infinite batches of block-aligned single-document windows, deterministic in (seed, step, shard).
 
   Each row takes a uniformly random document (weighted by length) and offset, and lays it out with a
   lead padding (random in [0, L_B - 1] when `random_pad`, else 0). Checkpointable: the state is the step.
@@ -104,19 +104,13 @@ class DocumentWindows:
                random_pad: bool, shard: tuple[int, int] = (0, 1)):
     if not docs:
       raise ValueError("DocumentWindows needs at least one document.")
+    super().__init__(seed, shard)
     self.docs = [np.frombuffer(d, np.uint8) for d in docs]
     lengths = np.array([len(d) for d in self.docs], np.float64)
     self.weights = lengths / lengths.sum()
-    self.batch_size, self.seq_len, self.block_len = batch_size, seq_len, block_len
-    self.seed, self.random_pad, self.shard = seed, random_pad, shard
-    self.step = 0
+    self.batch_size, self.seq_len, self.block_len, self.random_pad = batch_size, seq_len, block_len, random_pad
 
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> Batch:
-    rng = np.random.default_rng([self.seed, self.step, *self.shard])
-    self.step += 1
+  def make_batch(self, rng: np.random.Generator) -> Batch:
     rows = []
     for _ in range(self.batch_size):
       doc = self.docs[rng.choice(len(self.docs), p=self.weights)]
@@ -124,12 +118,6 @@ class DocumentWindows:
       start = int(rng.integers(0, max(1, len(doc) - (self.seq_len - lead) + 1)))
       rows.append(aligned_row([doc[start:]], self.seq_len, self.block_len, [lead]))
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-  def get_state(self) -> dict:
-    return {"step": self.step}
-
-  def set_state(self, state: dict) -> None:
-    self.step = int(state["step"])
 
 
 def eval_rows(docs: list[bytes], seq_len: int, block_len: int, max_rows: int) -> list[dict[str, np.ndarray]]:

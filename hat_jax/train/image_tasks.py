@@ -35,7 +35,7 @@ from hat_jax.models.layers import StackConfig
 from hat_jax.models.raster_ar import RasterAR, RasterARConfig
 from hat_jax.models.var import VAR, VARConfig, token_nll
 from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig, reconstruction_metrics, to_unit_range
-from hat_jax.train.task import Batch, Metrics, Task
+from hat_jax.train.task import Batch, Metrics, StepIndexedBatches, Task
 
 NUM_CLASSES = 10
 
@@ -87,34 +87,23 @@ def load_images(data: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray
   return images, labels.astype(np.int32)
 
 
-class ArrayBatches:
+class ArrayBatches(StepIndexedBatches):
   """Infinite batches of rows drawn uniformly with replacement; deterministic in (seed, step, shard).
   Labels are replaced by `null_class` with probability `drop_rate` (CFG training). State = the step."""
 
   def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int, shard: tuple[int, int] = (0, 1),
                drop_rate: float = 0.0, null_class: int = NUM_CLASSES):
-    self.arrays, self.batch_size, self.seed, self.shard = arrays, batch_size, seed, shard
+    super().__init__(seed, shard)
+    self.arrays, self.batch_size = arrays, batch_size
     self.drop_rate, self.null_class = drop_rate, null_class
     self.size = len(next(iter(arrays.values())))
-    self.step = 0
 
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> Batch:
-    rng = np.random.default_rng([self.seed, self.step, *self.shard])
-    self.step += 1
+  def make_batch(self, rng: np.random.Generator) -> Batch:
     idx = rng.integers(0, self.size, self.batch_size)
     batch = {k: v[idx] for k, v in self.arrays.items()}
     if self.drop_rate > 0:
       batch["labels"] = np.where(rng.random(self.batch_size) < self.drop_rate, self.null_class, batch["labels"])
     return batch
-
-  def get_state(self) -> dict:
-    return {"step": self.step}
-
-  def set_state(self, state: dict) -> None:
-    self.step = int(state["step"])
 
 
 # --------------------------------------------------------------------------------------------------
