@@ -5,7 +5,8 @@
 
 Sizes: "test" (seconds; unit tests), "tiny" (the quickstart: a few minutes on 2 CPU cores), "small".
 Arguments: `:tiny,variant=paper` selects the paper's design, `split_rule=whitespace` the paper's
-whitespace splitter, `corpus=toy` a built-in corpus that needs no preparation.
+whitespace splitter, `corpus=toy` a built-in corpus that needs no preparation, `corpus=tfds:wiki40b/en`
+a prepared TFDS dataset (with `--config.data.tfds_data_dir=gs://...`), streamed.
 """
 
 import ml_collections
@@ -31,9 +32,12 @@ def stack(d_model: int, num_layers: int, head_dim: int, window: int | None) -> m
 
 def data_config(seq_bytes: int, seq_words: int, batch: int, corpus: str, split_rule: str,
                 max_word_bytes: int = 24) -> ml_collections.ConfigDict:
+  """`corpus`: "toy", a prepared corpus name, or "tfds:<name>" (streamed from `tfds_data_dir`, which may be
+  gs://; `text_key` is the text feature; the tfds_*_split strings are TFDS split specs such as "train[:90%]")."""
   return ml_collections.ConfigDict(dict(
       corpus=corpus, cache_dir="", split_rule=split_rule, max_word_bytes=max_word_bytes,
-      seq_bytes=seq_bytes, seq_words=seq_words, eval_batch_size=batch, eval_batches=8))
+      seq_bytes=seq_bytes, seq_words=seq_words, eval_batch_size=batch, eval_batches=8,
+      tfds_data_dir="", text_key="text", tfds_train_split="train", tfds_eval_split="validation"))
 
 
 def sample_config(max_new_bytes: int = 200) -> ml_collections.ConfigDict:

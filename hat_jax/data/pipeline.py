@@ -15,6 +15,10 @@ Row layout (numpy, S = seq_bytes, W = seq_words; padding has segment id 0):
 
 The iterator is a grain `DatasetIterator`: batch i of a run is a pure function of (seed, i), and its
 state (`get_state`/`set_state`) goes into checkpoints so a resumed run sees the same data.
+
+This module encodes a whole split in memory (fine for the prepared corpora, tens of MB). Splits that do
+not fit (TFDS c4, wiki40b) go through `hat_jax.data.streaming`, which builds the same rows with
+`make_row` from a stream of documents.
 """
 
 from __future__ import annotations
@@ -53,11 +57,12 @@ def check_document(doc: bytes, index: int) -> None:
         "in valid UTF-8). Decode and re-encode the text as UTF-8, e.g. bytes.decode('utf-8', 'replace').encode().")
 
 
-def encode_documents(docs: Sequence[bytes], splitter: WordSplitter) -> Stream:
+def encode_documents(docs: Sequence[bytes], splitter: WordSplitter, first_index: int = 0) -> Stream:
+  """`first_index`: the index of `docs[0]` in its split, so errors name the right document."""
   if not docs:
     raise ValueError("no documents to encode: the corpus split is empty.")
   pieces, lengths, starts = [], [], []
-  for i, doc in enumerate(docs):
+  for i, doc in enumerate(docs, first_index):
     check_document(doc, i)
     words = splitter.word_lengths(bytes(doc))
     pieces += [bytes([BOS]), bytes(doc), bytes([EOD])]
@@ -66,11 +71,20 @@ def encode_documents(docs: Sequence[bytes], splitter: WordSplitter) -> Stream:
   return Stream(np.frombuffer(b"".join(pieces), np.uint8), np.asarray(lengths, np.int32), np.asarray(starts, bool))
 
 
-def pack_rows(word_lengths: np.ndarray, seq_bytes: int, seq_words: int) -> np.ndarray:
-  """Greedy packing of whole words; returns row boundaries in word indices, int64 [num_rows + 1]."""
+def check_row_size(seq_bytes: int, seq_words: int) -> None:
+  if seq_words < 2 or seq_bytes < 2:
+    raise ValueError(f"seq_bytes and seq_words must be >= 2, got {seq_bytes} and {seq_words}.")
+
+
+def check_words_fit(word_lengths: np.ndarray, seq_bytes: int) -> None:
   if word_lengths.size and word_lengths.max() > seq_bytes:
     raise ValueError(f"a word of {word_lengths.max()} bytes does not fit seq_bytes={seq_bytes}; "
                      "raise seq_bytes or lower max_word_bytes.")
+
+
+def pack_rows(word_lengths: np.ndarray, seq_bytes: int, seq_words: int) -> np.ndarray:
+  """Greedy packing of whole words; returns row boundaries in word indices, int64 [num_rows + 1]."""
+  check_words_fit(word_lengths, seq_bytes)
   offsets = np.concatenate([[0], np.cumsum(word_lengths, dtype=np.int64)])
   bounds, start, n = [0], 0, len(word_lengths)
   while start < n:
@@ -125,8 +139,7 @@ class PackedRows:
   """Random-access source of packed rows (a grain MapDataset source)."""
 
   def __init__(self, stream: Stream, seq_bytes: int, seq_words: int):
-    if seq_words < 2 or seq_bytes < 2:
-      raise ValueError(f"seq_bytes and seq_words must be >= 2, got {seq_bytes} and {seq_words}.")
+    check_row_size(seq_bytes, seq_words)
     self.stream, self.seq_bytes, self.seq_words = stream, seq_bytes, seq_words
     self.offsets = stream.word_offsets
     self.bounds = pack_rows(stream.word_lengths, seq_bytes, seq_words)
@@ -169,14 +182,19 @@ def cached_stream(docs: Sequence[bytes], splitter: WordSplitter, cache_dir: str 
 def train_iterator(rows: PackedRows, batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:
   """Shuffled, repeated, per-process batches; checkpointable via get_state/set_state."""
-  if batch_size % process_count:
-    raise ValueError(f"global batch_size {batch_size} must be divisible by the process count {process_count}.")
+  local_batch = per_process_batch_size(batch_size, process_count)
   if len(rows) < batch_size:
     raise ValueError(f"the training split packs into only {len(rows)} rows, fewer than batch_size={batch_size}; "
                      "use a smaller batch or seq_bytes, or more data.")
   ds = grain.MapDataset.source(rows).seed(seed).shuffle().repeat(None)
-  ds = ds[process_index::process_count].batch(batch_size // process_count, drop_remainder=True)
+  ds = ds[process_index::process_count].batch(local_batch, drop_remainder=True)
   return iter(ds.to_iter_dataset())
+
+
+def per_process_batch_size(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise ValueError(f"global batch_size {batch_size} must be divisible by the process count {process_count}.")
+  return batch_size // process_count
 
 
 def eval_batches(rows: PackedRows, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:

@@ -8,7 +8,8 @@ default) must be converted once, e.g. `tfds convert_format --dataset_dir=... --o
 (that tool needs TensorFlow, on any machine).
 
 The returned source has `__len__`/`__getitem__` and pickles, so it plugs into grain:
-`grain.MapDataset.source(tfds_documents("wiki40b/en", "train", data_dir))`.
+`grain.MapDataset.source(tfds_documents("wiki40b/en", "train", data_dir))`. Training reads it through
+`hat_jax.data.streaming` (`config.data.corpus = "tfds:wiki40b/en"`, see `hat_jax.train.lm_tasks`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class TfdsDocuments(Sequence):
       value = example[self._text_key]
     except KeyError:
       raise KeyError(f"TFDS example has no feature {self._text_key!r}; features are "
-                     f"{sorted(example)}. Pass text_key=<one of them>.") from None
+                     f"{sorted(example)}. Pass text_key=<one of them> (config.data.text_key in training).") from None
     if isinstance(value, str):
       return value.encode("utf-8")
     if hasattr(value, "item"):  # numpy scalar (object/bytes) from some decoders
@@ -99,4 +100,7 @@ def tfds_documents(name: str, split: str, data_dir: str | os.PathLike | None,
         f"tfds.data_source({name!r}, split={split!r}, data_dir={data_dir!r}) failed: {e}\n"
         f"Expected a dataset already prepared under data_dir in ArrayRecord format (this code never "
         f"downloads). If it is stored as TFRecord, convert it once with `tfds convert_format`.") from e
-  return TfdsDocuments(source, text_key)
+  docs = TfdsDocuments(source, text_key)
+  if len(docs):
+    docs[0]  # a wrong text_key fails here, naming the features, not later inside a reader thread
+  return docs

@@ -2,6 +2,11 @@
 
 Both tasks read `config.data` (corpus, packing) identically, so a HAT and a byte baseline trained with
 the same data config and seed see exactly the same bytes in the same order.
+
+`config.data.corpus` is "toy" (built in), a prepared corpus of `hat_jax.data.corpora` (packed in
+memory by `pipeline`), or "tfds:<name>" (e.g. "tfds:wiki40b/en", "tfds:c4/en:3.1.0"): an ArrayRecord
+TFDS dataset under `data.tfds_data_dir`, read and packed as a stream by `streaming` (splits
+`data.tfds_train_split` / `data.tfds_eval_split`, text feature `data.text_key`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hat_jax.data import pipeline
+from hat_jax.data import pipeline, streaming
 from hat_jax.data.splitter import WordSplitter
 from hat_jax.generate.sampling import SamplingConfig
 from hat_jax.models.bytes_lm import BytesLM, BytesLMConfig
@@ -39,16 +44,34 @@ def toy_documents(split: str, num_docs: int = 64) -> list[bytes]:
   return docs
 
 
+TFDS_PREFIX = "tfds:"
+
+
 def load_documents(data_cfg, split: str) -> Sequence[bytes]:
-  if data_cfg.corpus == "toy":
+  """Documents of `split` ("train" or "validation"); random access, and lazy for TFDS corpora."""
+  corpus = data_cfg.corpus
+  if corpus == "toy":
     return toy_documents(split)
+  if corpus.startswith(TFDS_PREFIX):
+    from hat_jax.data import tfds_source  # imported lazily: tensorflow_datasets is a heavy, optional import
+
+    name = corpus[len(TFDS_PREFIX):]
+    if not name:
+      raise ValueError(f"data.corpus={corpus!r} names no dataset; expected e.g. 'tfds:wiki40b/en' or "
+                       "'tfds:c4/en:3.1.0'.")
+    tfds_split = data_cfg.tfds_train_split if split == "train" else data_cfg.tfds_eval_split
+    return tfds_source.tfds_documents(name, tfds_split, data_cfg.tfds_data_dir or None, data_cfg.text_key)
   from hat_jax.data import corpora  # imported lazily: only real corpora need it
 
-  return corpora.load_corpus(data_cfg.corpus, split, cache_dir=data_cfg.cache_dir or None)
+  if corpus not in corpora.CORPORA:
+    raise ValueError(f"Unknown data.corpus {corpus!r}; expected 'toy', one of {', '.join(corpora.CORPORA)} "
+                     f"(prepared with `python -m hat_jax.data prepare NAME`), or '{TFDS_PREFIX}<name>' for a "
+                     "prepared TFDS dataset (e.g. 'tfds:wiki40b/en').")
+  return corpora.load_corpus(corpus, split, cache_dir=data_cfg.cache_dir or None)
 
 
 class ByteLMTask(Task):
-  """Shared data handling for tasks trained on packed byte/word rows."""
+  """Shared data handling for tasks trained on packed byte/word rows (in memory, or streamed for TFDS)."""
 
   unit = "bytes"
 
@@ -58,6 +81,10 @@ class ByteLMTask(Task):
     self.splitter = WordSplitter(d.split_rule, d.max_word_bytes)
     if d.seq_bytes < d.max_word_bytes:
       raise ValueError(f"data.seq_bytes ({d.seq_bytes}) must be >= data.max_word_bytes ({d.max_word_bytes}).")
+
+  @property
+  def _streaming(self) -> bool:
+    return self.config.data.corpus.startswith(TFDS_PREFIX)
 
   @functools.cached_property
   def _cache_dir(self) -> str | None:
@@ -74,12 +101,18 @@ class ByteLMTask(Task):
     return pipeline.PackedRows(stream, d.seq_bytes, d.seq_words)
 
   def train_iterator(self, seed, process_index=0, process_count=1):
-    return pipeline.train_iterator(self.rows("train"), self.config.train.batch_size, seed, process_index,
-                                   process_count)
+    d, batch_size = self.config.data, self.config.train.batch_size
+    if self._streaming:
+      return streaming.train_iterator(load_documents(d, "train"), self.splitter, d.seq_bytes, d.seq_words,
+                                      batch_size, seed, process_index, process_count)
+    return pipeline.train_iterator(self.rows("train"), batch_size, seed, process_index, process_count)
 
   @functools.lru_cache(maxsize=1)
   def eval_batches(self):
     d = self.config.data
+    if self._streaming:
+      return streaming.eval_batches(load_documents(d, "validation"), self.splitter, d.seq_bytes, d.seq_words,
+                                    d.eval_batch_size, d.eval_batches)
     return pipeline.eval_batches(self.rows("validation"), d.eval_batch_size, d.eval_batches)
 
   def dummy_batch(self) -> dict[str, np.ndarray]:
