@@ -20,9 +20,7 @@ SIZES = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, size="small", seed=0)
-  if arg.size not in SIZES:
-    raise ValueError(f"Unknown axial size {arg.size!r}; choose one of {sorted(SIZES)}.")
-  d, outer, inner, head_dim, batch, steps, lr = SIZES[arg.size]
+  d, outer, inner, head_dim, batch, steps, lr = common.size_row(SIZES, arg.size, "axial")
   config = common.base_config("axial", seed=arg.seed)
   config.train = train_block(steps, batch, lr)
   config.model = ml_collections.ConfigDict(dict(

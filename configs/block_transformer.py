@@ -37,9 +37,7 @@ def byte_data(seq_len: int, batch: int, eval_rows: int, random_pad: bool) -> ml_
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, size="small", seed=0)
-  if arg.size not in SIZES:
-    raise ValueError(f"Unknown block_transformer size {arg.size!r}; choose one of {sorted(SIZES)}.")
-  bd, bl, td, tl, head_dim, seq_len, batch, steps, lr = SIZES[arg.size]
+  bd, bl, td, tl, head_dim, seq_len, batch, steps, lr = common.size_row(SIZES, arg.size, "block_transformer")
   config = common.base_config("block_transformer", seed=arg.seed)
   config.train = common.train_defaults(
       steps=steps, batch_size=batch, learning_rate=lr, warmup_steps=max(1, steps // 20),

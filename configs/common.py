@@ -106,6 +106,13 @@ def base_config(task: str, *, seed: int = 0) -> ml_collections.ConfigDict:
   return config
 
 
+def size_row(sizes: dict, size: str, experiment: str) -> tuple:
+  """The row of an experiment's SIZES table, or an error listing the sizes it has."""
+  if size not in sizes:
+    raise ValueError(f"Unknown {experiment} size {size!r}; choose one of {sorted(sizes)}.")
+  return sizes[size]
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """big_vision-style config argument: "tiny" sets the first default; "size=tiny,seed=3,runlocal" sets
   named ones (a bare name without '=' is True if it is a known bool default). Values take the type

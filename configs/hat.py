@@ -48,9 +48,8 @@ def sample_config(max_new_bytes: int = 200) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, size="tiny", seed=0, variant="tfree", split_rule="tfree", corpus="english")
-  if arg.size not in SIZES:
-    raise ValueError(f"Unknown hat size {arg.size!r}; choose one of {sorted(SIZES)}.")
-  d, enc_layers, dec_layers, bd, b_layers, head_dim, window, seq_bytes, seq_words, batch, steps, lr = SIZES[arg.size]
+  d, enc_layers, dec_layers, bd, b_layers, head_dim, window, seq_bytes, seq_words, batch, steps, lr = (
+      common.size_row(SIZES, arg.size, "hat"))
   config = common.base_config("hat", seed=arg.seed)
   config.train = common.train_defaults(
       steps=steps, batch_size=batch, learning_rate=lr, warmup_steps=max(1, steps // 20),

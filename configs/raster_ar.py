@@ -18,9 +18,7 @@ from configs.vqvae import image_data, sample_block, tokenizer, train_block
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, size="small", seed=0, tokens="vq")
-  if arg.size not in SIZES:
-    raise ValueError(f"Unknown raster_ar size {arg.size!r}; choose one of {sorted(SIZES)}.")
-  d, layers, head_dim, batch, steps, lr = SIZES[arg.size]
+  d, layers, head_dim, batch, steps, lr = common.size_row(SIZES, arg.size, "raster_ar")
   config = common.base_config("raster_ar", seed=arg.seed)
   config.train = train_block(steps, batch, lr)
   config.model = ml_collections.ConfigDict(dict(stack=stack(d, layers, head_dim), tokens=arg.tokens,

@@ -21,9 +21,7 @@ SIZES = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, size="small", seed=0)
-  if arg.size not in SIZES:
-    raise ValueError(f"Unknown vanilla_lm size {arg.size!r}; choose one of {sorted(SIZES)}.")
-  d, layers, head_dim, seq_len, batch, steps, lr = SIZES[arg.size]
+  d, layers, head_dim, seq_len, batch, steps, lr = common.size_row(SIZES, arg.size, "vanilla_lm")
   config = common.base_config("vanilla_lm", seed=arg.seed)
   config.train = common.train_defaults(
       steps=steps, batch_size=batch, learning_rate=lr, warmup_steps=max(1, steps // 20),

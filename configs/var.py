@@ -23,9 +23,7 @@ SIZES = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, size="small", seed=0)
-  if arg.size not in SIZES:
-    raise ValueError(f"Unknown var size {arg.size!r}; choose one of {sorted(SIZES)}.")
-  d, layers, head_dim, batch, steps, lr = SIZES[arg.size]
+  d, layers, head_dim, batch, steps, lr = common.size_row(SIZES, arg.size, "var")
   config = common.base_config("var", seed=arg.seed)
   config.train = train_block(steps, batch, lr)
   model_stack = stack(d, layers, head_dim)

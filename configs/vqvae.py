@@ -56,9 +56,7 @@ def train_block(steps: int, batch: int, lr: float) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, size="small", seed=0)
-  if arg.size not in SIZES:
-    raise ValueError(f"Unknown vqvae size {arg.size!r}; choose one of {sorted(SIZES)}.")
-  ch, vocab, z, batch, steps, lr, source = SIZES[arg.size]
+  ch, vocab, z, batch, steps, lr, source = common.size_row(SIZES, arg.size, "vqvae")
   config = common.base_config("vqvae", seed=arg.seed)
   config.train = train_block(steps, batch, lr)
   config.logical_axis_rules = common.default_rules(*CONV_RULES)
