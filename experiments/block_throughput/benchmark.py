@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from configs import block_transformer as block_configs  # noqa: E402
 from configs import vanilla_lm as vanilla_configs  # noqa: E402
+from hat_jax.train import optim  # noqa: E402
 from hat_jax.train.block_tasks import TASKS  # noqa: E402
 from measure import measure  # noqa: E402
 
@@ -61,19 +62,34 @@ def make_config(name: str, args):
   return config
 
 
+def load_cached(path: str, task, config) -> dict | None:
+  """The cached training result at `path`, or None when there is none or it no longer matches the
+  model code / config (a different param tree, model config or training budget: retrain rather than
+  crash later or report a model trained differently)."""
+  if not os.path.exists(path):
+    return None
+  with open(path, "rb") as f:
+    result = pickle.load(f)
+  shapes = lambda tree: jax.tree.map(lambda x: (tuple(np.shape(x)), str(x.dtype)), tree)  # noqa: E731
+  want = shapes(jax.eval_shape(task.init_params, jax.random.key(config.seed)))
+  budget = (int(config.train.steps), int(config.train.batch_size), int(config.data.seq_len))
+  if (result.get("model_cfg") != task.model.cfg or shapes(result["params"]) != want
+      or (result.get("steps"), result.get("batch_size"), result.get("seq_len")) != budget):
+    print(f"  {path}: cached params/config do not match the current model code; retraining.", flush=True)
+    return None
+  return result
+
+
 def train(name: str, args) -> dict:
   path = os.path.join(args.workdir, f"{name}.pkl")
-  if os.path.exists(path) and not args.retrain:
-    with open(path, "rb") as f:
-      return pickle.load(f)
   config = make_config(name, args)
   task = TASKS[config.task](config)
+  if not args.retrain:
+    cached = load_cached(path, task, config)
+    if cached is not None:
+      return cached
   t = config.train
-  schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps, t.steps,
-                                                t.learning_rate * t.lr_end_fraction)
-  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
-                   optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay,
-                               mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)))
+  tx = optim.make_optimizer(t)
   params = task.init_params(jax.random.key(config.seed))
   opt_state = tx.init(params)
 
