@@ -33,3 +33,4 @@ def test_image_exports_in_a_gs_workdir(tmp_path):
     image_tasks.write_png("gs://bucket/vq/grid.png", np.zeros((4, 4), np.uint8))
   assert (tmp_path / "bucket" / "vq" / "params.npz").exists()
   assert (tmp_path / "bucket" / "vq" / "grid.png").read_bytes()[:4] == b"\x89PNG"
+

@@ -6,6 +6,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 import toy_task
 from hat_jax.train import checkpoint as ckpt_lib
@@ -124,3 +125,9 @@ def test_bfloat16_params(tmp_path):
   run = trainer.build(config, toy_task.one_device())
   dtypes = {x.dtype for x in jax.tree_util.tree_leaves(run.abstract_state["params"])}
   assert dtypes == {np.dtype(jax.numpy.bfloat16)}
+
+
+def test_data_state_from_a_different_process_count_is_a_clear_error(tmp_path):
+  (tmp_path / "process_0-of-2.json").write_text("{}")  # written by a 2-process run; this is 1 process
+  with pytest.raises(ValueError, match="different process count"):
+    ckpt_lib._DataStateHandler().restore(epath.Path(tmp_path))
