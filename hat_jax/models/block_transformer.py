@@ -53,8 +53,21 @@ def _logical(init, axes):
 # --------------------------------------------------------------------------------------------------
 
 
+class _ByteVocab:
+  """For configs with `vocab_size` and `vocab_pad_to_multiple` fields: the pad id (one past the
+  vocabulary) and the row count of input embedding tables (vocabulary + pad, rounded up)."""
+
+  @property
+  def pad_id(self) -> int:
+    return self.vocab_size
+
+  @property
+  def input_vocab_size(self) -> int:
+    return -(-(self.vocab_size + 1) // self.vocab_pad_to_multiple) * self.vocab_pad_to_multiple
+
+
 @dataclasses.dataclass(frozen=True)
-class BlockTransformerConfig:
+class BlockTransformerConfig(_ByteVocab):
   """Shapes of a Block Transformer. D_emb = block_decoder.d_model / block_len (lookup + concat)."""
 
   block_decoder: StackConfig
@@ -84,14 +97,6 @@ class BlockTransformerConfig:
       raise ValueError("Block Transformer decoders use full causal attention; set window=None.")
 
   @property
-  def pad_id(self) -> int:
-    return self.vocab_size
-
-  @property
-  def input_vocab_size(self) -> int:
-    return _input_vocab_size(self.vocab_size, self.vocab_pad_to_multiple)
-
-  @property
   def token_context(self) -> int:
     """Token-decoder sequence length per block (also its KV-cache size): prefix + L_B - 1, or L_B."""
     return self.prefix_len + self.block_len - 1 if self.decoding == "prefix" else self.block_len
@@ -107,7 +112,7 @@ class BlockTransformerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class VanillaConfig:
+class VanillaConfig(_ByteVocab):
   decoder: StackConfig
   vocab_size: int = 256
   vocab_pad_to_multiple: int = 1  # as in BlockTransformerConfig
@@ -115,14 +120,6 @@ class VanillaConfig:
 
   def __post_init__(self):
     _check_vocab(self.vocab_size, self.vocab_pad_to_multiple)
-
-  @property
-  def pad_id(self) -> int:
-    return self.vocab_size
-
-  @property
-  def input_vocab_size(self) -> int:
-    return _input_vocab_size(self.vocab_size, self.vocab_pad_to_multiple)
 
   @classmethod
   def from_config(cls, cfg) -> "VanillaConfig":
@@ -137,9 +134,6 @@ def _check_vocab(vocab_size, multiple) -> None:
                      f"got {multiple!r}.")
 
 
-def _input_vocab_size(vocab_size: int, multiple: int) -> int:
-  """Rows of an input embedding table: the vocabulary plus pad_id, rounded up to `multiple`."""
-  return -(-(vocab_size + 1) // multiple) * multiple
 
 
 def _from_mapping(cls, cfg, stacks: tuple[str, ...], label: str):
