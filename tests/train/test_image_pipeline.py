@@ -8,8 +8,14 @@ from configs import vqvae as vqvae_config
 from hat_jax.train import trainer
 
 
+def small_data(config):
+  config.data.synthetic_examples = 64  # the tiny configs' synthetic images; eval covers all of them
+  config.data.eval_examples = 16
+  return config
+
+
 def test_vqvae_export_then_var_train_and_sample(tmp_path):
-  vq = vqvae_config.get_config("tiny")
+  vq = small_data(vqvae_config.get_config("tiny"))
   vq.train.steps = 2
   vq.sample.output_dir = str(tmp_path / "vq_out")
   trainer.train(vq, str(tmp_path / "vq"))
@@ -17,7 +23,7 @@ def test_vqvae_export_then_var_train_and_sample(tmp_path):
   params_path = tmp_path / "vq_out" / "vqvae_params.npz"
   assert params_path.exists()
 
-  var = var_config.get_config("tiny")
+  var = small_data(var_config.get_config("tiny"))
   var.train.steps = 2
   var.tokenizer.params_path = str(params_path)
   var.sample.output_dir = str(tmp_path / "var_out")
