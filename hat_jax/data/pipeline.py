@@ -88,10 +88,16 @@ def pack_rows(word_lengths: np.ndarray, seq_bytes: int, seq_words: int) -> np.nd
   offsets = np.concatenate([[0], np.cumsum(word_lengths, dtype=np.int64)])
   bounds, start, n = [0], 0, len(word_lengths)
   while start < n:
-    by_bytes = np.searchsorted(offsets, offsets[start] + seq_bytes, side="right") - 1
-    start = int(min(start + seq_words, by_bytes, n))
+    start = words_that_fit(offsets, start, seq_bytes, seq_words)
     bounds.append(start)
   return np.asarray(bounds, np.int64)
+
+
+def words_that_fit(offsets: np.ndarray, lo: int, bytes_left: int, words_left: int) -> int:
+  """The packing rule: end index of the longest run of whole words from word `lo` that holds at most
+  `bytes_left` bytes and `words_left` words. offsets: int64 [num_words + 1] byte offsets of the words."""
+  by_bytes = int(np.searchsorted(offsets, offsets[lo] + bytes_left, side="right")) - 1
+  return min(lo + words_left, by_bytes, len(offsets) - 1)
 
 
 def make_row(stream: Stream, offsets: np.ndarray, first_word: int, end_word: int, seq_bytes: int,

@@ -1,8 +1,8 @@
 """Packed rows from a stream of documents, for splits that do not fit in memory (TFDS c4, wiki40b).
 
 Rows are exactly `pipeline.make_row` rows (same keys, dtypes and segments), packed by the same greedy
-rule as `pipeline.pack_rows`: a row takes whole words until the next one would exceed `seq_bytes`
-bytes or `seq_words` words. Unshuffled, one pass over a document list gives byte for byte the rows of
+rule as `pipeline.pack_rows` (`pipeline.words_that_fit`): a row takes whole words until the next one
+would exceed `seq_bytes` bytes or `seq_words` words. Unshuffled, one pass over a document list gives byte for byte the rows of
 `pipeline.PackedRows` over the same list, but only the documents of the row being filled are split and
 held (plus grain's read-ahead of raw documents).
 
@@ -109,8 +109,7 @@ class _PackIterator(grain.DatasetIterator):
             break
           raise
       offsets, lo = self._offsets, self._cursor
-      fits_bytes = int(np.searchsorted(offsets, offsets[lo] + self._seq_bytes - num_bytes, side="right")) - 1
-      hi = min(lo + self._seq_words - num_words, fits_bytes, len(offsets) - 1)
+      hi = pipeline.words_that_fit(offsets, lo, self._seq_bytes - num_bytes, self._seq_words - num_words)
       if hi > lo:
         pieces.append((self._doc, offsets, lo, hi))
         num_words, num_bytes = num_words + hi - lo, num_bytes + int(offsets[hi] - offsets[lo])
