@@ -47,8 +47,8 @@ TPU workdir is gs://; every workdir read and write here goes through `etils.epat
 from __future__ import annotations
 
 import argparse
-import collections
 import ast
+import collections
 import functools
 import importlib.util
 import json
@@ -61,6 +61,8 @@ import time
 from typing import Any
 
 from etils import epath
+
+from hat_jax.train.metrics import is_remote
 
 FINAL = "final_metrics.json"
 RESULTS = "results.jsonl"
@@ -275,7 +277,7 @@ def report(workdir: str, n_boot: int = 30) -> str:
   records = collect(workdir)
   if not records:
     raise ValueError(f"No finished runs in {workdir}; nothing to report.")
-  if "://" not in workdir:
+  if not is_remote(workdir):
     return _report(workdir, records, n_boot)
   with tempfile.TemporaryDirectory() as stage:
     pathlib.Path(stage, RESULTS).write_text(_jsonl(records), encoding="utf-8")
@@ -486,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except ImportError as e:
-    if "://" not in args.workdir:
+    if not is_remote(args.workdir):
       raise
     # etils.epath on a gs:// workdir without its GCS backend
     print(f"error: {e} (needed to read and write --workdir={args.workdir}: pip install gcsfs)", file=sys.stderr)
