@@ -14,7 +14,8 @@ give every host a different, partial run directory, so it is refused).
 
 Setup on the workers (skip with --setup=''): clone --repo at --ref into ~/hat_jax (or update it),
 then `pip install -e '.[tpu]'` (jax[tpu], plus gcsfs and google-cloud-storage: the gs:// backends of
-etils.epath, used by orbax, the metric files and the sweep's workdir checks, and of tensorboardX). Code must be reachable from the VMs (a pushed branch or tag).
+etils.epath, used by orbax, the metric files and the sweep's workdir checks, and of tensorboardX).
+Code must be reachable from the VMs (a pushed branch or tag).
 
 Sweeps (`--sweep=SPEC [--only=RUN,...]`): the workers run `python3 -m experiments.sweep --sweep=SPEC
 --only=RUN --no-report` instead of hat_jax.main (--config is then the base config, default the spec's
