@@ -45,6 +45,8 @@ class _Cfg:
   span_q: int  # static bound on key tiles visited per query tile
   span_k: int  # static bound on query tiles visited per key tile
   backend: str  # "tpu" (Mosaic schedule) or "gpu" (one program per tile, in-kernel loop)
+  num_warps: int  # GPU only: Triton warps per program
+  num_stages: int  # GPU only: Triton software-pipelining depth of the in-kernel key loop
   interpret: bool  # CPU interpret mode: generic interpreter for "gpu", the TPU simulator for "tpu"
 
   def interpret_arg(self):
@@ -63,20 +65,31 @@ def dot_f32(a, b, contract_a=1, contract_b=0):
                          preferred_element_type=jnp.float32)
 
 
-def _scores(cfg, q, k, qp, qs, kp, ks):
-  """q [bq, d], k [bk, d], qp/qs [bq, 1], kp/ks [1, bk] -> f32 logits [bq, bk] and mask [bq, bk]."""
+def _scores(cfg, q, k, qp, qs, kp, ks, masked=True):
+  """q [bq, d], k [bk, d], qp/qs [bq, 1], kp/ks [1, bk] -> f32 logits [bq, bk] and mask [bq, bk].
+
+  masked=False: the caller knows the whole tile is live (tiling.full_tiles); mask is then None and the
+  position/segment refs are not read.
+  """
   s = dot_f32(q, k, 1, 1) * cfg.scale
-  return s, element_mask(cfg.spec, qp, kp, qs, ks)
+  return s, (element_mask(cfg.spec, qp(), kp(), qs(), ks()) if masked else None)
 
 
-def _fwd_update(cfg, carry, q, k, v, qp, qs, kp, ks):
-  """One online-softmax step. carry = (m [bq,1], l [bq,1], acc [bq,d]), all float32."""
+def _where(mask, x, fill):
+  return x if mask is None else jnp.where(mask, x, fill)
+
+
+def _fwd_update(cfg, carry, q, k, v, qp, qs, kp, ks, masked=True):
+  """One online-softmax step. carry = (m [bq,1], l [bq,1], acc [bq,d]), all float32.
+
+  qp/qs/kp/ks are thunks reading the position/segment tiles, so unmasked tiles never load them.
+  """
   m, l, acc = carry
-  s, mask = _scores(cfg, q, k, qp, qs, kp, ks)
-  s = jnp.where(mask, s, _NEG)
+  s, mask = _scores(cfg, q, k, qp, qs, kp, ks, masked)
+  s = _where(mask, s, _NEG)
   m_new = jnp.maximum(m, jnp.max(s, axis=-1, keepdims=True))
   # where(), not just exp(): in a row with no live key yet m_new == _NEG and exp(0) would be 1.
-  p = jnp.where(mask, jnp.exp(s - m_new), 0.0)
+  p = _where(mask, jnp.exp(s - m_new), 0.0)
   alpha = jnp.exp(m - m_new)
   l = alpha * l + jnp.sum(p, axis=-1, keepdims=True)
   acc = alpha * acc + dot_f32(p.astype(v.dtype), v)
@@ -91,12 +104,17 @@ def _fwd_finish(m, l, acc):
   return out, lse
 
 
-def _bwd_tile(cfg, q, k, v, do, lse, delta, qp, qs, kp, ks):
+def _bwd_tile(cfg, q, k, v, do, lse, delta, qp, qs, kp, ks, masked=True):
   """-> probabilities p and dlogits ds (scale not applied), both f32 [bq, bk]."""
-  s, mask = _scores(cfg, q, k, qp, qs, kp, ks)
-  p = jnp.where(mask, jnp.exp(s - lse), 0.0)
+  s, mask = _scores(cfg, q, k, qp, qs, kp, ks, masked)
+  p = _where(mask, jnp.exp(s - lse), 0.0)
   dp = dot_f32(do, v, 1, 1)
   return p, p * (dp - delta)
+
+
+def _readers(*refs, at=()):
+  """Thunks reading ref[at] (whole ref by default), for the lazily read mask inputs of _scores."""
+  return [functools.partial(lambda r: r[at] if at else r[...], r) for r in refs]
 
 
 def _init_carry(bq, d):
@@ -125,7 +143,7 @@ def _fwd_kernel_tpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, qp_ref, qs_ref, kp_ref,
   def _():
     m_sc[...], l_sc[...], acc_sc[...] = _fwd_update(
         cfg, (m_sc[...], l_sc[...], acc_sc[...]), q_ref[...], k_ref[...], v_ref[...],
-        qp_ref[...], qs_ref[...], kp_ref[...], ks_ref[...])
+        *_readers(qp_ref, qs_ref, kp_ref, ks_ref))
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _():
@@ -147,7 +165,7 @@ def _dq_kernel_tpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref,
   def _():
     k = k_ref[...]
     _, ds = _bwd_tile(cfg, q_ref[...], k, v_ref[...], do_ref[...], lse_ref[...], dl_ref[...],
-                      qp_ref[...], qs_ref[...], kp_ref[...], ks_ref[...])
+                      *_readers(qp_ref, qs_ref, kp_ref, ks_ref))
     dq_sc[...] += dot_f32(ds.astype(k.dtype), k) * cfg.scale
 
   @pl.when(j == pl.num_programs(3) - 1)
@@ -170,7 +188,7 @@ def _dkv_kernel_tpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref
   def _():
     q, do = q_ref[...], do_ref[...]
     p, ds = _bwd_tile(cfg, q, k_ref[...], v_ref[...], do, lse_ref[...], dl_ref[...],
-                      qp_ref[...], qs_ref[...], kp_ref[...], ks_ref[...])
+                      *_readers(qp_ref, qs_ref, kp_ref, ks_ref))
     dv_sc[...] += dot_f32(p.astype(do.dtype).T, do)
     dk_sc[...] += dot_f32(ds.astype(q.dtype).T, q) * cfg.scale
 
@@ -221,79 +239,101 @@ def _q_major_specs_tpu(cfg, groups, d, with_bwd):
 # ------------------------------------------------------------------------------------ GPU schedule
 
 
-def _fwd_kernel_gpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, qp_ref, qs_ref, kp_ref, ks_ref,
+def _three_loops(bounds, body, carry):
+  """fori over [lo, flo) masked, [flo, fhi) unmasked (whole tiles live), [fhi, hi) masked."""
+  lo, flo, fhi, hi = bounds
+  carry = lax.fori_loop(lo, flo, functools.partial(body, masked=True), carry)
+  carry = lax.fori_loop(flo, fhi, functools.partial(body, masked=False), carry)
+  return lax.fori_loop(fhi, hi, functools.partial(body, masked=True), carry)
+
+
+def _bounds(tables, row):
+  lo_ref, hi_ref, flo_ref, fhi_ref = tables
+  return lo_ref[row], flo_ref[row], fhi_ref[row], hi_ref[row]
+
+
+def _fwd_kernel_gpu(lo_ref, hi_ref, flo_ref, fhi_ref, q_ref, k_ref, v_ref, qp_ref, qs_ref, kp_ref, ks_ref,
                     o_ref, lse_ref, *, cfg, nq):
-  b, i = pl.program_id(0), pl.program_id(2)
+  i, b = pl.program_id(0), pl.program_id(1)
   bk = cfg.block_k
-  q, qp, qs = q_ref[...], qp_ref[...], qs_ref[...]
+  q = q_ref[...]
 
-  def body(t, carry):
+  def body(t, carry, masked):
     sl = pl.ds(pl.multiple_of(t * bk, bk), bk)
-    return _fwd_update(cfg, carry, q, k_ref[sl, :], v_ref[sl, :], qp, qs, kp_ref[:, sl], ks_ref[:, sl])
+    return _fwd_update(cfg, carry, q, k_ref[sl, :], v_ref[sl, :],
+                       *_readers(qp_ref, qs_ref), *_readers(kp_ref, ks_ref, at=(slice(None), sl)),
+                       masked=masked)
 
-  carry = lax.fori_loop(lo_ref[b * nq + i], hi_ref[b * nq + i], body, _init_carry(*q.shape))
+  carry = _three_loops(_bounds((lo_ref, hi_ref, flo_ref, fhi_ref), b * nq + i), body,
+                       _init_carry(*q.shape))
   out, lse = _fwd_finish(*carry)
   o_ref[...] = out.astype(o_ref.dtype)
   lse_ref[...] = lse
 
 
-def _dq_kernel_gpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_ref, qs_ref,
-                   kp_ref, ks_ref, dq_ref, *, cfg, nq):
-  b, i = pl.program_id(0), pl.program_id(2)
+def _dq_kernel_gpu(lo_ref, hi_ref, flo_ref, fhi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_ref,
+                   qs_ref, kp_ref, ks_ref, dq_ref, *, cfg, nq):
+  i, b = pl.program_id(0), pl.program_id(1)
   bk = cfg.block_k
-  q, do, lse, dl, qp, qs = (r[...] for r in (q_ref, do_ref, lse_ref, dl_ref, qp_ref, qs_ref))
+  q, do, lse, dl = (r[...] for r in (q_ref, do_ref, lse_ref, dl_ref))
 
-  def body(t, dq):
+  def body(t, dq, masked):
     sl = pl.ds(pl.multiple_of(t * bk, bk), bk)
     k = k_ref[sl, :]
-    _, ds = _bwd_tile(cfg, q, k, v_ref[sl, :], do, lse, dl, qp, qs, kp_ref[:, sl], ks_ref[:, sl])
+    _, ds = _bwd_tile(cfg, q, k, v_ref[sl, :], do, lse, dl, *_readers(qp_ref, qs_ref),
+                      *_readers(kp_ref, ks_ref, at=(slice(None), sl)), masked=masked)
     return dq + dot_f32(ds.astype(k.dtype), k) * cfg.scale
 
-  dq = lax.fori_loop(lo_ref[b * nq + i], hi_ref[b * nq + i], body, jnp.zeros(q.shape, jnp.float32))
+  dq = _three_loops(_bounds((lo_ref, hi_ref, flo_ref, fhi_ref), b * nq + i), body,
+                    jnp.zeros(q.shape, jnp.float32))
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def _dkv_kernel_gpu(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_ref, qs_ref,
-                    kp_ref, ks_ref, dk_ref, dv_ref, *, cfg, nk, groups):
+def _dkv_kernel_gpu(lo_ref, hi_ref, flo_ref, fhi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, qp_ref,
+                    qs_ref, kp_ref, ks_ref, dk_ref, dv_ref, *, cfg, nk, groups):
   # q/do/lse/delta refs hold the whole group of query heads of this kv head: [groups, q_pad, ...].
-  b, kj = pl.program_id(0), pl.program_id(2)
+  kj, b = pl.program_id(0), pl.program_id(1)
   bq = cfg.block_q
-  k, v, kp, ks = k_ref[...], v_ref[...], kp_ref[...], ks_ref[...]
-  lo, hi = lo_ref[b * nk + kj], hi_ref[b * nk + kj]
+  k, v = k_ref[...], v_ref[...]
+  bounds = _bounds((lo_ref, hi_ref, flo_ref, fhi_ref), b * nk + kj)
   carry = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
   for g in range(groups):  # static: groups is small (GQA ratio)
-    def body(t, carry, g=g):
+    def body(t, carry, masked, g=g):
       dk, dv = carry
       sl = pl.ds(pl.multiple_of(t * bq, bq), bq)
       q, do = q_ref[g, sl, :], do_ref[g, sl, :]
       p, ds = _bwd_tile(cfg, q, k, v, do, lse_ref[g, sl, :], dl_ref[g, sl, :],
-                        qp_ref[sl, :], qs_ref[sl, :], kp, ks)
+                        *_readers(qp_ref, qs_ref, at=(sl, slice(None))), *_readers(kp_ref, ks_ref),
+                        masked=masked)
       return (dk + dot_f32(ds.astype(q.dtype).T, q) * cfg.scale,
               dv + dot_f32(p.astype(do.dtype).T, do))
-    carry = lax.fori_loop(lo, hi, body, carry)
+    carry = _three_loops(bounds, body, carry)
   dk_ref[...] = carry[0].astype(dk_ref.dtype)
   dv_ref[...] = carry[1].astype(dv_ref.dtype)
 
 
 def _gpu_call(kernel, cfg, grid, tables, in_specs, out_specs, out_shape):
+  # Grid dim 0 is Triton's fastest-launched axis: the GPU grids put the tile index there, so programs
+  # running side by side share one head's K/V (or Q) stream through L2 instead of each pulling its own.
   # Tables are tiny; each program reads its own (lo, hi) entry from the whole array.
   table_specs = [pl.BlockSpec(t.shape, lambda *_: (0,)) for t in tables]
   return pl.pallas_call(
       kernel, grid=grid, in_specs=table_specs + in_specs, out_specs=out_specs, out_shape=out_shape,
-      compiler_params=gpu_compiler_params(), interpret=cfg.interpret_arg())
+      compiler_params=gpu_compiler_params(cfg.num_warps, cfg.num_stages), interpret=cfg.interpret_arg())
 
 
-def gpu_compiler_params():
+def gpu_compiler_params(num_warps: int = 4, num_stages: int = 2):
   # Since jax 0.9 a bare pallas_call on GPU lowers through Mosaic GPU; these kernels are written for the
   # Triton lowering (one program per tile, in-kernel loops), which the Triton CompilerParams select.
-  return pltriton.CompilerParams(num_warps=4, num_stages=2)
+  return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
 # ------------------------------------------------------------------------------------ forward / VJP
 
 
 def _forward(cfg, q, k, v, ints):
-  qp, qs, kp, ks, q_lo, q_hi, _, _ = ints
+  qp, qs, kp, ks, q_tab, _ = ints
+  q_lo, q_hi = q_tab[:2]
   b, h, tq, d = q.shape
   hk, tk = k.shape[1], k.shape[2]
   groups, bq, bk = h // hk, cfg.block_q, cfg.block_k
@@ -306,24 +346,26 @@ def _forward(cfg, q, k, v, ints):
                      ("parallel", "parallel", "parallel", "arbitrary"))
   else:
     in_specs, out_specs = _gpu_q_major_specs(cfg, groups, d, tk, with_bwd=False)
-    call = _gpu_call(functools.partial(_fwd_kernel_gpu, cfg=cfg, nq=nq), cfg, (b, h, nq),
-                     (q_lo, q_hi), in_specs, out_specs, out_shape)
+    call = _gpu_call(functools.partial(_fwd_kernel_gpu, cfg=cfg, nq=nq), cfg, (nq, b, h),
+                     q_tab, in_specs, out_specs, out_shape)
+    return call(*q_tab, q, k, v, qp, qs, kp, ks)
   return call(q_lo, q_hi, q, k, v, qp, qs, kp, ks)
 
 
 def _gpu_q_major_specs(cfg, groups, d, tk, with_bwd):
   bq = cfg.block_q
-  q_tile = pl.BlockSpec((None, None, bq, d), lambda b, h, i: (b, h, i, 0))
-  col = pl.BlockSpec((None, None, bq, 1), lambda b, h, i: (b, h, i, 0))
-  kv_all = pl.BlockSpec((None, None, tk, d), lambda b, h, i: (b, h // groups, 0, 0))
-  q_row = pl.BlockSpec((None, bq, 1), lambda b, h, i: (b, i, 0))
-  kv_row = pl.BlockSpec((None, 1, tk), lambda b, h, i: (b, 0, 0))
+  q_tile = pl.BlockSpec((None, None, bq, d), lambda i, b, h: (b, h, i, 0))
+  col = pl.BlockSpec((None, None, bq, 1), lambda i, b, h: (b, h, i, 0))
+  kv_all = pl.BlockSpec((None, None, tk, d), lambda i, b, h: (b, h // groups, 0, 0))
+  q_row = pl.BlockSpec((None, bq, 1), lambda i, b, h: (b, i, 0))
+  kv_row = pl.BlockSpec((None, 1, tk), lambda i, b, h: (b, 0, 0))
   tiles = [q_tile, kv_all, kv_all] + ([q_tile, col, col] if with_bwd else [])
   return tiles + [q_row, q_row, kv_row, kv_row], [q_tile, col]
 
 
 def _backward(cfg, q, k, v, ints, o, lse, do):
-  qp, qs, kp, ks, q_lo, q_hi, k_lo, k_hi = ints
+  qp, qs, kp, ks, q_tab, k_tab = ints
+  (q_lo, q_hi), (k_lo, k_hi) = q_tab[:2], k_tab[:2]
   b, h, tq, d = q.shape
   hk, tk = k.shape[1], k.shape[2]
   groups, bq, bk = h // hk, cfg.block_q, cfg.block_k
@@ -357,17 +399,17 @@ def _backward(cfg, q, k, v, ints, o, lse, do):
     return dq, dk, dv
 
   in_specs, out_specs = _gpu_q_major_specs(cfg, groups, d, tk, with_bwd=True)
-  dq = _gpu_call(functools.partial(_dq_kernel_gpu, cfg=cfg, nq=nq), cfg, (b, h, nq), (q_lo, q_hi),
-                 in_specs, out_specs[0], dq_shape)(q_lo, q_hi, *args)
-  q_grp = pl.BlockSpec((None, groups, tq, d), lambda b_, hk_, kj: (b_, hk_, 0, 0))
-  col_grp = pl.BlockSpec((None, groups, tq, 1), lambda b_, hk_, kj: (b_, hk_, 0, 0))
-  q_row = pl.BlockSpec((None, tq, 1), lambda b_, hk_, kj: (b_, 0, 0))
-  kv_tile = pl.BlockSpec((None, None, bk, d), lambda b_, hk_, kj: (b_, hk_, kj, 0))
-  kv_row = pl.BlockSpec((None, 1, bk), lambda b_, hk_, kj: (b_, 0, kj))
+  dq = _gpu_call(functools.partial(_dq_kernel_gpu, cfg=cfg, nq=nq), cfg, (nq, b, h), q_tab,
+                 in_specs, out_specs[0], dq_shape)(*q_tab, *args)
+  q_grp = pl.BlockSpec((None, groups, tq, d), lambda kj, b_, hk_: (b_, hk_, 0, 0))
+  col_grp = pl.BlockSpec((None, groups, tq, 1), lambda kj, b_, hk_: (b_, hk_, 0, 0))
+  q_row = pl.BlockSpec((None, tq, 1), lambda kj, b_, hk_: (b_, 0, 0))
+  kv_tile = pl.BlockSpec((None, None, bk, d), lambda kj, b_, hk_: (b_, hk_, kj, 0))
+  kv_row = pl.BlockSpec((None, 1, bk), lambda kj, b_, hk_: (b_, 0, kj))
   dk, dv = _gpu_call(
-      functools.partial(_dkv_kernel_gpu, cfg=cfg, nk=nk, groups=groups), cfg, (b, hk, nk), (k_lo, k_hi),
+      functools.partial(_dkv_kernel_gpu, cfg=cfg, nk=nk, groups=groups), cfg, (nk, b, hk), k_tab,
       [q_grp, kv_tile, kv_tile, q_grp, col_grp, col_grp, q_row, q_row, kv_row, kv_row],
-      [kv_tile, kv_tile], dkv_shape)(k_lo, k_hi, *args)
+      [kv_tile, kv_tile], dkv_shape)(*k_tab, *args)
   return dq, dk, dv
 
 
@@ -394,13 +436,13 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def default_block_sizes(q_len: int, kv_len: int, backend: str) -> tuple[int, int]:
-  """128x128 tiles (MXU / tensor-core friendly), shrunk for short sequences.
-
-  TPU: a multiple of 8 (sublanes). GPU: a power of two >= 16 (Triton tiles and tensor-core dots).
+  """Tiles shrunk for short sequences. TPU: 128x128 (MXU), a multiple of 8 (sublanes). GPU: 64x64, a
+  power of two >= 16 (Triton tiles and tensor-core dots): fastest forward and backward on an H100 in
+  tools/bench_attention.py (docs/kernels.md), and within shared memory for float32 at head_dim 128.
   """
   if backend == "tpu":
     return min(128, tiling.round_up(q_len, 8)), min(128, tiling.round_up(kv_len, 8))
-  return min(128, max(16, pl.next_power_of_2(q_len))), min(128, max(16, pl.next_power_of_2(kv_len)))
+  return min(64, max(16, pl.next_power_of_2(q_len))), min(64, max(16, pl.next_power_of_2(kv_len)))
 
 
 def block_attention(
@@ -418,6 +460,8 @@ def block_attention(
     interpret: bool | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> jax.Array:
   """Masked GQA flash attention that skips fully masked tiles; same contract as `reference_attention`.
 
@@ -427,6 +471,7 @@ def block_attention(
   Positions may be arbitrary int arrays: tile skipping then uses per-tile min/max at run time and the
   grid spans every key tile (correct, less skipping). With default (arange) positions the grid extent
   is a static bound from the mask, so cost is linear in length for a window or chunk mask.
+  num_warps, num_stages: GPU (Triton) launch parameters; tools/bench_attention.py sweeps them.
   """
   check_qkv(q, k, v)
   platform = jax.default_backend()
@@ -462,17 +507,20 @@ def block_attention(
                        tk_pad, 1, tiling.KV_PAD_SEGMENT)
   q_valid = jnp.arange(tq_pad)[None] < tq
   k_valid = jnp.arange(tk_pad)[None] < tk
-  live = tiling.live_tiles(jnp, spec, qp, kp, None if q_segment_ids is None else qs,
-                           None if q_segment_ids is None else ks,
-                           jnp.broadcast_to(q_valid, qp.shape), jnp.broadcast_to(k_valid, kp.shape), bq, bk)
+  tile_args = (jnp, spec, qp, kp, None if q_segment_ids is None else qs, None if q_segment_ids is None else ks,
+               jnp.broadcast_to(q_valid, qp.shape), jnp.broadcast_to(k_valid, kp.shape), bq, bk)
+  live, full = tiling.live_tiles(*tile_args), tiling.full_tiles(*tile_args)
   q_lo, q_hi = tiling.tile_ranges(jnp, live)
   k_lo, k_hi = tiling.tile_ranges(jnp, jnp.swapaxes(live, 1, 2))
+  q_flo, q_fhi = tiling.full_ranges(jnp, full, q_hi)
+  k_flo, k_fhi = tiling.full_ranges(jnp, jnp.swapaxes(full, 1, 2), k_hi)
   if default_pos:
     span_q, span_k = tiling.static_spans(spec, tq, tk, bq, bk)
   else:
     span_q, span_k = tk_pad // bk, tq_pad // bq
   cfg = _Cfg(spec=spec, scale=float(d**-0.5 if scale is None else scale), block_q=bq, block_k=bk,
-             span_q=span_q, span_k=span_k, backend=backend, interpret=bool(interpret))
+             span_q=span_q, span_k=span_k, backend=backend, num_warps=num_warps, num_stages=num_stages,
+             interpret=bool(interpret))
   # Triton needs power-of-two tile dims: zero-pad head_dim (zeros change neither q.k nor the output).
   d_pad = pl.next_power_of_2(d) if backend == "gpu" else d
 
@@ -481,7 +529,8 @@ def block_attention(
     # two block dims to be (sublane, lane)-aligned, which a strided head slice is not).
     return tiling.pad_axis(tiling.pad_axis(x, n, 1), d_pad, 3).transpose(0, 2, 1, 3)
 
+  flat = lambda *xs: tuple(x.reshape(-1) for x in xs)  # noqa: E731  (kernels index row b * n + i)
   ints = (qp[:, :, None], qs[:, :, None], kp[:, None, :], ks[:, None, :],
-          q_lo.reshape(-1), q_hi.reshape(-1), k_lo.reshape(-1), k_hi.reshape(-1))
+          flat(q_lo, q_hi, q_flo, q_fhi), flat(k_lo, k_hi, k_flo, k_fhi))
   out = _flash(cfg, to_kernel(q, tq_pad), to_kernel(k, tk_pad), to_kernel(v, tk_pad), ints)
   return out.transpose(0, 2, 1, 3)[:, :tq, :, :d]

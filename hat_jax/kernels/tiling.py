@@ -3,7 +3,8 @@
 A kernel works on tiles of `block_q` queries x `block_k` keys. For each query tile we compute the
 contiguous range [lo, hi) of key tiles that may hold a live (unmasked) entry, from per-tile min/max of
 positions and segment ids; everything outside the range is skipped, everything inside is masked
-element-wise. The bounds are conservative (never skip a live tile), so arbitrary position arrays
+element-wise, except (GPU schedule) a run [flo, fhi) of tiles that are entirely live, which skip the
+mask arithmetic. The bounds are conservative (never skip a live tile), so arbitrary position arrays
 (KV-cache offsets, VAR scale ids) stay correct: they merely skip fewer tiles.
 """
 
@@ -45,15 +46,20 @@ def _tile_minmax(xp, x, valid, block):
           xp.max(xp.where(valid, x, _SMALL), axis=-1))
 
 
+def _pair_minmax(xp, qpos, kpos, q_valid, k_valid, block_q, block_k):
+  """Per-tile position extremes, shaped to broadcast over (query tile, key tile) pairs:
+  qmin/qmax [batch, n_q_tiles, 1], kmin/kmax [batch, 1, n_k_tiles]."""
+  qmin, qmax = _tile_minmax(xp, qpos, q_valid, block_q)
+  kmin, kmax = _tile_minmax(xp, kpos, k_valid, block_k)
+  return qmin[:, :, None], qmax[:, :, None], kmin[:, None, :], kmax[:, None, :]
+
+
 def live_tiles(xp, spec: MaskSpec, qpos, kpos, qseg, kseg, q_valid, k_valid, block_q, block_k):
   """[batch, n_q_tiles, n_k_tiles] bool: the tile may contain an unmasked entry (conservative).
 
   All inputs are [batch, padded_len]; xp is numpy (static analysis) or jax.numpy (runtime).
   """
-  qmin, qmax = _tile_minmax(xp, qpos, q_valid, block_q)
-  kmin, kmax = _tile_minmax(xp, kpos, k_valid, block_k)
-  qmin, qmax = qmin[:, :, None], qmax[:, :, None]
-  kmin, kmax = kmin[:, None, :], kmax[:, None, :]
+  qmin, qmax, kmin, kmax = _pair_minmax(xp, qpos, kpos, q_valid, k_valid, block_q, block_k)
   live = (xp.any(q_valid.reshape(qpos.shape[0], -1, block_q), -1)[:, :, None]
           & xp.any(k_valid.reshape(kpos.shape[0], -1, block_k), -1)[:, None, :])
   # Int arithmetic below may wrap on the sentinel values of empty tiles; those tiles are already dead.
@@ -65,10 +71,42 @@ def live_tiles(xp, spec: MaskSpec, qpos, kpos, qseg, kseg, q_valid, k_valid, blo
     c = spec.chunk
     live &= (qmin // c <= kmax // c) & (kmin // c <= qmax // c)
   if qseg is not None:
-    qsmin, qsmax = _tile_minmax(xp, qseg, q_valid, block_q)
-    ksmin, ksmax = _tile_minmax(xp, kseg, k_valid, block_k)
-    live &= (qsmin[:, :, None] <= ksmax[:, None, :]) & (ksmin[:, None, :] <= qsmax[:, :, None])
+    qsmin, qsmax, ksmin, ksmax = _pair_minmax(xp, qseg, kseg, q_valid, k_valid, block_q, block_k)
+    live &= (qsmin <= ksmax) & (ksmin <= qsmax)
   return live
+
+
+def full_tiles(xp, spec: MaskSpec, qpos, kpos, qseg, kseg, q_valid, k_valid, block_q, block_k):
+  """[batch, n_q_tiles, n_k_tiles] bool: every pair in the tile is real (no padding) and unmasked, so a
+  kernel may skip the element-wise mask there (exact: each rule holds for all pairs iff it holds for
+  the extreme ones, whatever the order of the positions)."""
+  b = qpos.shape[0]
+  qmin, qmax, kmin, kmax = _pair_minmax(xp, qpos, kpos, q_valid, k_valid, block_q, block_k)
+  full = (xp.all(q_valid.reshape(b, -1, block_q), -1)[:, :, None]
+          & xp.all(k_valid.reshape(b, -1, block_k), -1)[:, None, :])
+  if spec.causal:
+    full &= kmax <= qmin
+  if spec.window is not None:
+    full &= qmax - kmin < spec.window
+  if spec.chunk is not None:
+    c = spec.chunk
+    full &= (qmin // c == qmax // c) & (kmin // c == kmax // c) & (qmin // c == kmin // c)
+  if qseg is not None:
+    qsmin, qsmax, ksmin, ksmax = _pair_minmax(xp, qseg, kseg, q_valid, k_valid, block_q, block_k)
+    full &= (qsmin == qsmax) & (ksmin == ksmax) & (qsmin == ksmin)
+  return full
+
+
+def full_ranges(xp, full, hi):
+  """full [batch, n_rows, n_cols], hi [batch, n_rows] -> (flo, fhi): the first run of consecutive full
+  cols of each row, so a kernel walks [lo, flo) masked, [flo, fhi) unmasked, [fhi, hi) masked.
+  Rows without a full tile get flo = fhi = hi (everything masked)."""
+  n = full.shape[-1]
+  any_full = xp.any(full, axis=-1)
+  flo = xp.argmax(full, axis=-1)
+  after = np.arange(n) >= flo[..., None]
+  fhi = xp.sum(xp.cumprod(xp.where(after, full, True).astype(np.int32), axis=-1), axis=-1)  # flo + run
+  return (xp.where(any_full, flo, hi).astype(np.int32), xp.where(any_full, fhi, hi).astype(np.int32))
 
 
 def tile_ranges(xp, live):
