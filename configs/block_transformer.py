@@ -19,6 +19,8 @@ from configs import common
 SIZES = {
     "tiny": (64, 1, 32, 1, 16, 32, 4, 20, 1e-3),
     "small": (128, 3, 128, 3, 32, 256, 8, 300, 3e-3),
+    # The paper's block/token split ablation (App. M) in miniature: a 4x cheaper token decoder.
+    "small_tok64": (128, 3, 64, 3, 32, 256, 8, 300, 3e-3),
 }
 
 

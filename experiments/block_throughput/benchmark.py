@@ -41,6 +41,7 @@ MODELS = {  # name -> (config module, size)
     "vanilla-xsmall": (vanilla_configs, "xsmall"),
     "vanilla-xxsmall": (vanilla_configs, "xxsmall"),
     "block-small": (block_configs, "small"),
+    "block-small-tok64": (block_configs, "small_tok64"),
 }
 
 
@@ -126,6 +127,24 @@ def train(name: str, args) -> dict:
   return result
 
 
+def parse_settings(text: str) -> dict[str, tuple[int, int]]:
+  """'prefill-heavy=2048/128,decode-heavy=128/2048' -> {name: (prompt_len, num_new)}."""
+  settings = {}
+  for item in filter(None, text.split(",")):
+    try:
+      name, lengths = item.split("=")
+      prompt_len, num_new = (int(x) for x in lengths.split("/"))
+    except ValueError:
+      raise SystemExit(f"--settings: cannot parse {item!r}; expected name=prompt_len/num_new, "
+                       "e.g. decode-heavy=128/2048") from None
+    if prompt_len < 1 or num_new < 1:
+      raise SystemExit(f"--settings: {item!r} needs prompt_len >= 1 and num_new >= 1")
+    settings[name] = (prompt_len, num_new)
+  if not settings:
+    raise SystemExit("--settings is empty")
+  return settings
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
@@ -135,32 +154,37 @@ def main(argv=None):
   p.add_argument("--eval_rows", type=int, default=0)
   p.add_argument("--retrain", action="store_true")
   p.add_argument("--train_only", action="store_true", help="train (and cache) the models, measure nothing")
-  p.add_argument("--prefill_heavy", default="1024,64", help="prompt_len,num_new")
-  p.add_argument("--decode_heavy", default="64,1024", help="prompt_len,num_new")
+  p.add_argument("--settings", default="prefill-heavy=2048/128,decode-heavy=128/2048",
+                 help="comma-separated name=prompt_len/num_new (default: the paper's two settings)")
   p.add_argument("--memory_mib", type=int, default=512, help="memory budget of one generate program")
   p.add_argument("--max_batch", type=int, default=256)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--batches", choices=("largest", "all"), default="largest",
+                 help="time the largest batch that fits (the paper's protocol), or every power of two up "
+                      "to it and report each model's fastest (measure.py)")
   args = p.parse_args(argv)
   names = args.models.split(",")
   for n in names:
     if n not in MODELS:
       raise SystemExit(f"unknown model {n!r}; known: {sorted(MODELS)}")
 
+  settings = parse_settings(args.settings)  # before training: a typo must not cost a training run
   print(f"devices: {jax.devices()}", flush=True)
   results = {n: train(n, args) for n in names}
   if args.train_only:
     return
-  settings = {"prefill-heavy": tuple(map(int, args.prefill_heavy.split(","))),
-              "decode-heavy": tuple(map(int, args.decode_heavy.split(",")))}
   rows = []
   for setting, (prompt_len, num_new) in settings.items():
     for n in names:
       r = results[n]
       m = measure(r["model_cfg"], r["params"], prompt_len, num_new, memory_budget=args.memory_mib * 2**20,
-                  max_batch=args.max_batch, repeats=args.repeats)
-      print(f"  {setting} {prompt_len}/{num_new} {n}: batch {m.batch}, {m.bytes_per_sample / 2**20:.2f} MiB/sample, "
-            f"{m.seconds:.2f} s, {m.tokens_per_s:.0f} bytes/s", flush=True)
+                  max_batch=args.max_batch, repeats=args.repeats, batches=args.batches)
+      per_batch = ", ".join(f"{b}: {t:.0f}" for b, t in m.per_batch.items())
+      print(f"  {setting} {prompt_len}/{num_new} {n}: batch {m.batch} (largest fitting {m.largest_batch}), "
+            f"{m.bytes_per_sample / 2**20:.2f} MiB/sample, {m.seconds:.2f} s, {m.tokens_per_s:.0f} bytes/s "
+            f"[bytes/s by batch: {per_batch}]", flush=True)
       rows.append(dict(setting=setting, prompt_len=prompt_len, num_new=num_new, model=n, batch=m.batch,
+                       largest_batch=m.largest_batch, per_batch=m.per_batch,
                        mib_per_sample=m.bytes_per_sample / 2**20, seconds=m.seconds, tokens_per_s=m.tokens_per_s))
 
   vanillas = [n for n in names if n.startswith("vanilla")]
