@@ -42,6 +42,7 @@ MODELS = {  # name -> (config module, size)
     "vanilla-xxsmall": (vanilla_configs, "xxsmall"),
     "block-small": (block_configs, "small"),
     "block-small-tok64": (block_configs, "small_tok64"),
+    "block-small-tok96": (block_configs, "small_tok96"),
 }
 
 
