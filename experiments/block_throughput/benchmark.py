@@ -55,6 +55,7 @@ def non_embedding_params(params) -> int:
 def make_config(name: str, args):
   module, size = MODELS[name]
   config = module.get_config(size)
+  config.seed = args.seed
   config.data.cache_dir = args.cache_dir
   if args.steps:
     config.train.steps = args.steps
@@ -76,14 +77,15 @@ def load_cached(path: str, task, config) -> dict | None:
   want = shapes(jax.eval_shape(task.init_params, jax.random.key(config.seed)))
   budget = (int(config.train.steps), int(config.train.batch_size), int(config.data.seq_len))
   if (result.get("model_cfg") != task.model.cfg or shapes(result["params"]) != want
-      or (result.get("steps"), result.get("batch_size"), result.get("seq_len")) != budget):
+      or (result.get("steps"), result.get("batch_size"), result.get("seq_len")) != budget
+      or result.get("seed", 0) != config.seed):
     print(f"  {path}: cached params/config do not match the current model code; retraining.", flush=True)
     return None
   return result
 
 
 def train(name: str, args) -> dict:
-  path = os.path.join(args.workdir, f"{name}.pkl")
+  path = os.path.join(args.workdir, f"{name}.pkl" if args.seed == 0 else f"{name}-seed{args.seed}.pkl")
   config = make_config(name, args)
   task = TASKS[config.task](config)
   if not args.retrain:
@@ -118,6 +120,7 @@ def train(name: str, args) -> dict:
   result = dict(name=name, model_cfg=task.model.cfg, params=jax.device_get(params),
                 val_bits_per_byte=nll_bits / count, val_bytes=int(count), train_seconds=train_seconds,
                 steps=int(t.steps), batch_size=int(t.batch_size), seq_len=int(config.data.seq_len),
+                seed=int(config.seed),
                 n_params=int(sum(x.size for x in jax.tree.leaves(params))),
                 n_non_embedding=non_embedding_params(params))
   print(f"  [{name}] val {result['val_bits_per_byte']:.4f} bits/byte over {count:.0f} bytes, "
@@ -153,6 +156,9 @@ def main(argv=None):
   p.add_argument("--models", default="vanilla-small,vanilla-xsmall,block-small")
   p.add_argument("--steps", type=int, default=0, help="override every config's train steps")
   p.add_argument("--eval_rows", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0,
+                 help="init and data-order seed of every model (cached as <model>-seed<N>.pkl when N > 0); "
+                      "throughput does not depend on it, the matched-loss comparison does")
   p.add_argument("--retrain", action="store_true")
   p.add_argument("--train_only", action="store_true", help="train (and cache) the models, measure nothing")
   p.add_argument("--settings", default="prefill-heavy=2048/128,decode-heavy=128/2048",
