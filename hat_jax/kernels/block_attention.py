@@ -333,7 +333,6 @@ def gpu_compiler_params(num_warps: int = 4, num_stages: int = 2):
 
 def _forward(cfg, q, k, v, ints):
   qp, qs, kp, ks, q_tab, _ = ints
-  q_lo, q_hi = q_tab[:2]
   b, h, tq, d = q.shape
   hk, tk = k.shape[1], k.shape[2]
   groups, bq, bk = h // hk, cfg.block_q, cfg.block_k
@@ -342,14 +341,13 @@ def _forward(cfg, q, k, v, ints):
   if cfg.backend == "tpu":
     in_specs, q_tile, col = _q_major_specs_tpu(cfg, groups, d, with_bwd=False)(nq)
     call = _tpu_call(functools.partial(_fwd_kernel_tpu, cfg=cfg, nq=nq), cfg, (b, h, nq, cfg.span_q),
-                     (q_lo, q_hi), in_specs, [q_tile, col], out_shape, [(bq, 1), (bq, 1), (bq, d)],
+                     q_tab, in_specs, [q_tile, col], out_shape, [(bq, 1), (bq, 1), (bq, d)],
                      ("parallel", "parallel", "parallel", "arbitrary"))
   else:
     in_specs, out_specs = _gpu_q_major_specs(cfg, groups, d, tk, with_bwd=False)
     call = _gpu_call(functools.partial(_fwd_kernel_gpu, cfg=cfg, nq=nq), cfg, (nq, b, h),
                      q_tab, in_specs, out_specs, out_shape)
-    return call(*q_tab, q, k, v, qp, qs, kp, ks)
-  return call(q_lo, q_hi, q, k, v, qp, qs, kp, ks)
+  return call(*q_tab, q, k, v, qp, qs, kp, ks)
 
 
 def _gpu_q_major_specs(cfg, groups, d, tk, with_bwd):
@@ -365,7 +363,6 @@ def _gpu_q_major_specs(cfg, groups, d, tk, with_bwd):
 
 def _backward(cfg, q, k, v, ints, o, lse, do):
   qp, qs, kp, ks, q_tab, k_tab = ints
-  (q_lo, q_hi), (k_lo, k_hi) = q_tab[:2], k_tab[:2]
   b, h, tq, d = q.shape
   hk, tk = k.shape[1], k.shape[2]
   groups, bq, bk = h // hk, cfg.block_q, cfg.block_k
@@ -377,8 +374,8 @@ def _backward(cfg, q, k, v, ints, o, lse, do):
   if cfg.backend == "tpu":
     in_specs, q_tile, _ = _q_major_specs_tpu(cfg, groups, d, with_bwd=True)(nq)
     dq = _tpu_call(functools.partial(_dq_kernel_tpu, cfg=cfg, nq=nq), cfg, (b, h, nq, cfg.span_q),
-                   (q_lo, q_hi), in_specs, q_tile, dq_shape, [(bq, d)],
-                   ("parallel", "parallel", "parallel", "arbitrary"))(q_lo, q_hi, *args)
+                   q_tab, in_specs, q_tile, dq_shape, [(bq, d)],
+                   ("parallel", "parallel", "parallel", "arbitrary"))(*q_tab, *args)
 
     def q_index(b_, hk_, kj, g, j, lo_ref, hi_ref):
       return (b_, hk_ * groups + g, _clamped(j, lo_ref[b_ * nk + kj], hi_ref[b_ * nk + kj]), 0)
@@ -393,9 +390,9 @@ def _backward(cfg, q, k, v, ints, o, lse, do):
     kv_row = pl.BlockSpec((None, 1, bk), lambda b_, hk_, kj, g, j, *_: (b_, 0, kj))
     dk, dv = _tpu_call(
         functools.partial(_dkv_kernel_tpu, cfg=cfg, nk=nk), cfg, (b, hk, nk, groups, cfg.span_k),
-        (k_lo, k_hi), [q_tile, kv_tile, kv_tile, q_tile, col, col, q_row, q_row, kv_row, kv_row],
+        k_tab, [q_tile, kv_tile, kv_tile, q_tile, col, col, q_row, q_row, kv_row, kv_row],
         [kv_tile, kv_tile], dkv_shape, [(bk, d), (bk, d)],
-        ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"))(k_lo, k_hi, *args)
+        ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"))(*k_tab, *args)
     return dq, dk, dv
 
   in_specs, out_specs = _gpu_q_major_specs(cfg, groups, d, tk, with_bwd=True)
@@ -509,11 +506,17 @@ def block_attention(
   k_valid = jnp.arange(tk_pad)[None] < tk
   tile_args = (jnp, spec, qp, kp, None if q_segment_ids is None else qs, None if q_segment_ids is None else ks,
                jnp.broadcast_to(q_valid, qp.shape), jnp.broadcast_to(k_valid, kp.shape), bq, bk)
-  live, full = tiling.live_tiles(*tile_args), tiling.full_tiles(*tile_args)
+  live = tiling.live_tiles(*tile_args)
   q_lo, q_hi = tiling.tile_ranges(jnp, live)
   k_lo, k_hi = tiling.tile_ranges(jnp, jnp.swapaxes(live, 1, 2))
-  q_flo, q_fhi = tiling.full_ranges(jnp, full, q_hi)
-  k_flo, k_fhi = tiling.full_ranges(jnp, jnp.swapaxes(full, 1, 2), k_hi)
+  # Per-row tile tables, flat (kernels index row b * n + i): (lo, hi) for both schedules, plus the run of
+  # full tiles (flo, fhi) that only the GPU schedule uses.
+  flat = lambda *xs: tuple(x.reshape(-1) for x in xs)  # noqa: E731
+  q_tab, k_tab = flat(q_lo, q_hi), flat(k_lo, k_hi)
+  if backend == "gpu":
+    full = tiling.full_tiles(*tile_args)
+    q_tab += flat(*tiling.full_ranges(jnp, full, q_hi))
+    k_tab += flat(*tiling.full_ranges(jnp, jnp.swapaxes(full, 1, 2), k_hi))
   if default_pos:
     span_q, span_k = tiling.static_spans(spec, tq, tk, bq, bk)
   else:
@@ -529,8 +532,6 @@ def block_attention(
     # two block dims to be (sublane, lane)-aligned, which a strided head slice is not).
     return tiling.pad_axis(tiling.pad_axis(x, n, 1), d_pad, 3).transpose(0, 2, 1, 3)
 
-  flat = lambda *xs: tuple(x.reshape(-1) for x in xs)  # noqa: E731  (kernels index row b * n + i)
-  ints = (qp[:, :, None], qs[:, :, None], kp[:, None, :], ks[:, None, :],
-          flat(q_lo, q_hi, q_flo, q_fhi), flat(k_lo, k_hi, k_flo, k_fhi))
+  ints = (qp[:, :, None], qs[:, :, None], kp[:, None, :], ks[:, None, :], q_tab, k_tab)
   out = _flash(cfg, to_kernel(q, tq_pad), to_kernel(k, tk_pad), to_kernel(v, tk_pad), ints)
   return out.transpose(0, 2, 1, 3)[:, :tq, :, :d]
