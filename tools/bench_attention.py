@@ -32,6 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from hat_jax.kernels import MaskSpec, attention, block_attention, reference_attention  # noqa: E402
+from hat_jax.kernels.masks import element_mask  # noqa: E402
 
 # Dense bf16 tensor-core peak (no sparsity), TFLOP/s, from the vendors' datasheets (SXM parts).
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "B200": 2250.0}
@@ -50,20 +51,9 @@ def _time(fn, *args, reps: int) -> float:
 
 def unmasked_pairs(spec: MaskSpec, length: int) -> int:
   """(query, key) pairs the mask keeps for arange positions; FLOPs are counted on these only."""
-  q = np.arange(length)
-  k = np.arange(length)
-  total = 0
-  for start in range(0, length, 1024):  # row blocks: a full [T, T] boolean would not fit at 32K
-    qb = q[start:start + 1024, None]
-    keep = np.ones((len(qb), length), bool)
-    if spec.causal:
-      keep &= k[None] <= qb
-    if spec.window is not None:
-      keep &= qb - k[None] < spec.window
-    if spec.chunk is not None:
-      keep &= qb // spec.chunk == k[None] // spec.chunk
-    total += int(keep.sum())
-  return total
+  k = np.arange(length)[None]
+  # The kernels' own predicate, in row blocks: a full [T, T] boolean would not fit at 32K.
+  return sum(int(element_mask(spec, k[:, start:start + 1024].T, k).sum()) for start in range(0, length, 1024))
 
 
 def attention_flops(spec, batch, heads, head_dim, length, backward: bool) -> float:
