@@ -68,7 +68,12 @@ def largest_batch(bytes_at, memory_budget: int, max_batch: int) -> tuple[int, in
   per_sample = max(used[2] - used[1], 1)
   predicted = max(1, int((memory_budget - (used[1] - per_sample)) // per_sample))
   batch = 1 << (min(predicted, max_batch).bit_length() - 1)  # largest power of two <= both
-  fits = lambda b: (used[b] if b in used else used.setdefault(b, bytes_at(b))) <= memory_budget  # noqa: E731
+
+  def fits(b):
+    if b not in used:
+      used[b] = bytes_at(b)
+    return used[b] <= memory_budget
+
   while batch > 1 and not fits(batch):
     batch //= 2
   while batch * 2 <= max_batch and fits(batch * 2):
