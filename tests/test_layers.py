@@ -77,3 +77,17 @@ def test_kv_cache_skips_padding_entries():
   k = jnp.ones((1, 2, 1, 2))
   cache = cache.append(k, k, jnp.array([[0, 1]]), jnp.array([[1, 0]]))
   assert int(cache.length[0]) == 1
+
+
+def test_kv_cache_is_head_major_and_writes_at_each_rows_length():
+  cache = KVCache.empty(2, 5, 3, 4)  # batch 2, 5 slots, 3 kv heads, head_dim 4
+  assert cache.k.shape == cache.v.shape == (2, 3, 5, 4)
+  cache = cache._replace(length=jnp.array([0, 2]))
+  k = jax.random.normal(jax.random.key(0), (2, 2, 3, 4))  # [batch, t, kv_heads, head_dim]
+  cache = cache.append(k, -k, jnp.array([[0, 1], [2, 3]]), jnp.ones((2, 2), jnp.int32))
+  np.testing.assert_array_equal(cache.k[0, :, 0:2], jnp.swapaxes(k[0], 0, 1))
+  np.testing.assert_array_equal(cache.k[1, :, 2:4], jnp.swapaxes(k[1], 0, 1))
+  np.testing.assert_array_equal(cache.v[1, :, 2:4], -jnp.swapaxes(k[1], 0, 1))
+  np.testing.assert_array_equal(cache.k[1, :, 0:2], 0.0)  # row 1's earlier slots untouched
+  np.testing.assert_array_equal(cache.positions, [[0, 1, 0, 0, 0], [0, 0, 2, 3, 0]])
+  np.testing.assert_array_equal(cache.length, [2, 4])

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hat_jax.kernels import MaskSpec, attention
+from hat_jax.kernels import MaskSpec, attention, reference_attention
 
 Dtype = Any
 
@@ -121,8 +121,12 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 class KVCache(NamedTuple):
   """Preallocated per-layer cache. Slots beyond `length` are empty (segment id 0 never matches a query).
 
-  k, v: [batch, max_len, kv_heads, head_dim]; positions, segment_ids: [batch, max_len];
-  length: [batch] number of filled slots (examples may advance at different rates).
+  k, v: [batch, kv_heads, max_len, head_dim], head-major: a decode step reads each (example, head)'s
+  keys as one contiguous [max_len, head_dim] matrix (`reference_attention(kv_layout="bhtd")`). The
+  sequence-major layout of the attention kernels made XLA transpose the whole cache on every step,
+  3-7x slower decode attention on CPU (experiments/block_throughput/README.md).
+  positions, segment_ids: [batch, max_len]; length: [batch] number of filled slots (examples may
+  advance at different rates).
   """
 
   k: jax.Array
@@ -134,33 +138,42 @@ class KVCache(NamedTuple):
   @classmethod
   def empty(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> "KVCache":
     return cls(
-        k=jnp.zeros((batch, max_len, kv_heads, head_dim), dtype),
-        v=jnp.zeros((batch, max_len, kv_heads, head_dim), dtype),
+        k=jnp.zeros((batch, kv_heads, max_len, head_dim), dtype),
+        v=jnp.zeros((batch, kv_heads, max_len, head_dim), dtype),
         positions=jnp.zeros((batch, max_len), jnp.int32),
         segment_ids=jnp.zeros((batch, max_len), jnp.int32),
         length=jnp.zeros((batch,), jnp.int32),
     )
 
   def append(self, k: jax.Array, v: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> "KVCache":
-    """Write t new entries per example at its own `length`. Entries with segment id 0 are stored but
+    """Write t new entries per example at its own `length`: k, v [batch, t, kv_heads, head_dim] (the
+    projections' layout), positions / segment_ids [batch, t]. Entries with segment id 0 are stored but
     do not advance `length`, so valid entries must come first within each example's t new ones.
 
     The buffer must have room for all t entries (length + t <= max_len), padding ones included:
     `dynamic_update_slice` clamps an overrunning start index, which would overwrite earlier entries.
     """
-    def write(buf, new, start):
-      return jax.lax.dynamic_update_slice_in_dim(buf, new, start, axis=0)
+    def write(axis):
+      return jax.vmap(lambda buf, new, start: jax.lax.dynamic_update_slice_in_dim(buf, new, start, axis=axis))
 
     start = self.length
-    upd = jax.vmap(write)
     num_valid = jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)
+    def heads_major(x, like):
+      return jnp.swapaxes(x, 1, 2).astype(like.dtype)  # [batch, kv_heads, t, head_dim]
     return KVCache(
-        k=upd(self.k, k.astype(self.k.dtype), start),
-        v=upd(self.v, v.astype(self.v.dtype), start),
-        positions=upd(self.positions, positions.astype(jnp.int32), start),
-        segment_ids=upd(self.segment_ids, segment_ids.astype(jnp.int32), start),
+        k=write(1)(self.k, heads_major(k, self.k), start),
+        v=write(1)(self.v, heads_major(v, self.v), start),
+        positions=write(0)(self.positions, positions.astype(jnp.int32), start),
+        segment_ids=write(0)(self.segment_ids, segment_ids.astype(jnp.int32), start),
         length=self.length + num_valid,
     )
+
+  def attend(self, q: jax.Array, mask: MaskSpec, q_positions: jax.Array, q_segment_ids: jax.Array) -> jax.Array:
+    """q [batch, q_len, heads, head_dim] at q_positions -> attention over every cached slot (empty
+    slots are masked by their segment id 0), [batch, q_len, heads, head_dim]."""
+    return reference_attention(q, self.k, self.v, mask, kv_layout="bhtd", q_positions=q_positions,
+                               kv_positions=self.positions, q_segment_ids=q_segment_ids,
+                               kv_segment_ids=self.segment_ids)
 
 
 class Attention(nn.Module):
@@ -212,13 +225,16 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
 
     if cache is not None:
+      # Generation: dense attention over the head-major cache whatever `attention_impl` is. The
+      # kernels skip tiles only for arange positions, which cache slots do not have, so over a cache
+      # they would cost as much as this dense pass (and a decode step has one query row).
       cache = cache.append(k, v, kv_positions, kv_segment_ids)
-      k, v, kv_positions, kv_segment_ids = cache.k, cache.v, cache.positions, cache.segment_ids
-
-    by_index = self.mask_by_index and cache is None and x_kv is None and self.mask.chunk is None
-    out = attention(q, k, v, self.mask, impl=self.attention_impl,
-                    q_positions=None if by_index else positions, kv_positions=None if by_index else kv_positions,
-                    q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)
+      out = cache.attend(q, self.mask, positions, segment_ids)
+    else:
+      by_index = self.mask_by_index and x_kv is None and self.mask.chunk is None
+      out = attention(q, k, v, self.mask, impl=self.attention_impl,
+                      q_positions=None if by_index else positions, kv_positions=None if by_index else kv_positions,
+                      q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)
     out = DenseND((self.out_features or x.shape[-1],), ("heads", "head_dim", "embed"), in_dims=2, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="o_proj")(out)
     return out, cache

@@ -204,6 +204,19 @@ def test_full_tiles_are_exactly_the_all_live_tiles(spec, shuffled):
       assert flo[0, row] == np.argmax(full[row])
 
 
+@pytest.mark.parametrize("name", ["causal_gqa2", "window_segments", "kv_cache_decode", "full_noncausal"])
+def test_head_major_kv_layout_matches_sequence_major(name):
+  """kv_layout="bhtd" (the KV caches' layout) is the same attention, values and gradients."""
+  spec, (b, tq, tk, h, hk, dtype), kw = _case(name)
+  q, k, v, do = _qkv(b, tq, tk, h, hk, 8, dtype)
+  to_hm = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731
+
+  def head_major(q, k, v, spec, **kw):
+    return reference_attention(q, to_hm(k), to_hm(v), spec, kv_layout="bhtd", **kw)
+
+  _check_vs_reference(head_major, q, k, v, do, spec, dtype, **kw)
+
+
 def test_errors_are_explicit():
   q, k, v, _ = _qkv(1, 8, 8, 2, 1, 8, jnp.float32)
   seg = jnp.ones((1, 8), jnp.int32)
@@ -215,6 +228,10 @@ def test_errors_are_explicit():
     block_attention(q, k, v, block_q=6)
   with pytest.raises(ValueError, match="attention_impl must be one of"):
     attention(q, k, v, impl="flash")
+  with pytest.raises(ValueError, match="kv_layout must be one of"):
+    reference_attention(q, k, v, kv_layout="bthd_")
+  with pytest.raises(ValueError, match="multiple of num_kv_heads"):  # [b, t=8, h=1, d] read as bhtd: 8 heads
+    reference_attention(q, k, v, kv_layout="bhtd")
 
 
 # ---------------------------------------------------------------------------------- splash anchor
