@@ -21,7 +21,6 @@ import functools
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,20 +32,10 @@ import jax.numpy as jnp  # noqa: E402
 
 from hat_jax.kernels import MaskSpec, attention, block_attention, reference_attention  # noqa: E402
 from hat_jax.kernels.masks import element_mask  # noqa: E402
+from hat_jax.timing import wall_times  # noqa: E402
 
 # Dense bf16 tensor-core peak (no sparsity), TFLOP/s, from the vendors' datasheets (SXM parts).
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "B200": 2250.0}
-
-
-def _time(fn, *args, reps: int) -> float:
-  """Median wall seconds of a jitted call (after one compile + warm-up call)."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def unmasked_pairs(spec: MaskSpec, length: int) -> int:
@@ -208,7 +197,7 @@ def main(argv=None):
         for name, fn in _impls(spec, backend, kernel_configs, dense_ok).items():
           compiled = _fwd_bwd(fn) if backward else jax.jit(fn)
           try:
-            times[name] = _time(compiled, q, k, v, reps=args.reps)
+            times[name] = statistics.median(wall_times(compiled, q, k, v, repeats=args.reps))
           except Exception as e:  # noqa: BLE001  (an unsupported shape must not kill the whole table)
             print(f"{mask_name:>12} {length:>6} {batch:>3} {mode:>7} {name:>34}  failed: {type(e).__name__}: "
                   f"{str(e).splitlines()[0][:100] if str(e) else ''}", flush=True)

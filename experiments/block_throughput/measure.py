@@ -16,13 +16,13 @@ Prompts are random bytes, greedy decoding, no early stopping (every row generate
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
 
 from hat_jax.generate.block_engine import generate
 from hat_jax.generate.sampling import GREEDY
+from hat_jax.timing import wall_times
 
 
 @dataclasses.dataclass
@@ -101,12 +101,7 @@ def measure(cfg, params, prompt_len: int, num_new: int, *, memory_budget: int, m
     run = programs[batch]
     prompt = jax.random.randint(jax.random.key(seed), (batch, prompt_len), 0, 256, jnp.int32)
     rng = jax.random.key(seed + 1)
-    run(params, prompt, rng).block_until_ready()  # warm-up
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      run(params, prompt, rng).block_until_ready()
-      times.append(time.perf_counter() - t0)
+    times = wall_times(run, params, prompt, rng, repeats=repeats)  # after one warm-up call
     seconds[batch] = sum(times) / len(times)
   per_batch = {b: b * num_new / t for b, t in seconds.items()}
   best = max(per_batch, key=per_batch.get)
