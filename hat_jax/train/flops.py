@@ -70,14 +70,23 @@ def attention_pairs(seq_len: int, *, causal: bool = True, window: int | None = N
   return w * (w + 1) // 2 + (s - w) * w
 
 
-def stack_forward_flops(stack: Stack, seq_len: int, *, causal: bool = True, attention: str = "causal") -> float:
-  """Forward FLOPs of one sequence through a pre-norm GQA + SwiGLU stack (no embedding, no head)."""
+def layer_position_flops(stack: Stack) -> float:
+  """Matmul FLOPs of one position through one layer, attention scores excluded."""
   d, hd = stack.d_model, stack.head_dim
   proj = 2 * d * hd * (2 * stack.num_heads + 2 * stack.num_kv_heads)  # q, o  +  k, v
   mlp = 6 * d * stack.mlp_dim  # gate, up, down
+  return float(proj + mlp)
+
+
+def layer_pair_flops(stack: Stack) -> float:
+  """Attention FLOPs of one (query, key) pair in one layer: scores and weighted sum over all heads."""
+  return float(4 * stack.num_heads * stack.head_dim)
+
+
+def stack_forward_flops(stack: Stack, seq_len: int, *, causal: bool = True, attention: str = "causal") -> float:
+  """Forward FLOPs of one sequence through a pre-norm GQA + SwiGLU stack (no embedding, no head)."""
   pairs = attention_pairs(seq_len, causal=causal, window=stack.window, attention=attention)
-  per_layer = seq_len * (proj + mlp) + 4 * stack.num_heads * hd * pairs
-  return float(stack.num_layers * per_layer)
+  return float(stack.num_layers * (seq_len * layer_position_flops(stack) + pairs * layer_pair_flops(stack)))
 
 
 def transformer_lm_flops(stack: Stack, seq_len: int, batch: int, vocab: int, *, attention: str = "causal",
