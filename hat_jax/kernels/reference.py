@@ -21,6 +21,11 @@ from hat_jax.kernels.masks import MaskSpec, default_positions, dense_mask
 KV_LAYOUTS = {"bthd": "[batch, kv_len, kv_heads, head_dim]", "bhtd": "[batch, kv_heads, kv_len, head_dim]"}
 
 
+def kv_len_heads(k: jax.Array, kv_layout: str) -> tuple[int, int]:
+  """(kv_len, num_kv_heads) of k in `kv_layout`."""
+  return (k.shape[1], k.shape[2]) if kv_layout == "bthd" else (k.shape[2], k.shape[1])
+
+
 def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array, kv_layout: str = "bthd") -> None:
   if kv_layout not in KV_LAYOUTS:
     raise ValueError(f"kv_layout must be one of {sorted(KV_LAYOUTS)}, got {kv_layout!r}.")
@@ -30,7 +35,7 @@ def check_qkv(q: jax.Array, k: jax.Array, v: jax.Array, kv_layout: str = "bthd")
         f"got q{q.shape} k{k.shape} v{v.shape}.")
   if k.shape != v.shape:
     raise ValueError(f"k and v must have the same shape, got k{k.shape} v{v.shape}.")
-  kv_heads = k.shape[2] if kv_layout == "bthd" else k.shape[1]
+  _, kv_heads = kv_len_heads(k, kv_layout)
   if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
     raise ValueError(f"q and k disagree on batch or head_dim: q{q.shape} k{k.shape} ({kv_layout}).")
   if q.shape[2] % kv_heads:
@@ -57,7 +62,7 @@ def reference_attention(
   """
   check_qkv(q, k, v, kv_layout)
   batch, q_len, num_heads, head_dim = q.shape
-  kv_len, num_kv_heads = (k.shape[1], k.shape[2]) if kv_layout == "bthd" else (k.shape[2], k.shape[1])
+  kv_len, num_kv_heads = kv_len_heads(k, kv_layout)
   kv = "bkhd" if kv_layout == "bthd" else "bhkd"
   if q_positions is None:
     q_positions = default_positions(batch, q_len)
