@@ -26,6 +26,7 @@ from jax.experimental import pallas as pl
 
 from hat_jax.kernels.block_attention import dot_f32, gpu_compiler_params
 from hat_jax.kernels.masks import MaskSpec
+from hat_jax.kernels.sharded import kernel_platform, shard_map_kernel
 
 AXIAL_IMPLS = ("xla", "pallas", "reference")
 
@@ -155,7 +156,7 @@ def axial_pallas(x_q, k, v, axis: int, causal: bool = False, interpret: bool | N
   """In-place Pallas axial attention (GPU schedule; `interpret` defaults to True on CPU)."""
   axis = _check(x_q, k, v, axis)
   if interpret is None:
-    interpret = jax.default_backend() == "cpu"
+    interpret = kernel_platform() == "cpu"
   return _axial_pallas(x_q, k, v, axis, bool(causal), bool(interpret))
 
 
@@ -164,7 +165,7 @@ def axial_pallas(x_q, k, v, axis: int, causal: bool = False, interpret: bool | N
 
 def _in_place_ok(x_q, k, axis) -> bool:
   """Whether the in-place kernel applies: CPU interpret always; GPU (Triton) needs power-of-two tiles."""
-  platform = jax.default_backend()
+  platform = kernel_platform()
   if platform == "cpu":
     return True
   if platform != "gpu":
@@ -184,7 +185,8 @@ def axial_attention(x_q: jax.Array, k: jax.Array, v: jax.Array, axis: int, causa
   if impl == "reference":
     return axial_reference(x_q, k, v, axis, causal)
   if impl == "pallas" and _in_place_ok(x_q, k, axis):
-    return axial_pallas(x_q, k, v, axis, causal)
+    # Per device on a mesh (shard_map over batch and heads): XLA cannot partition a Pallas call.
+    return shard_map_kernel(lambda q_, k_, v_: axial_pallas(q_, k_, v_, axis, causal), x_q, k, v)
   qa, ka, va = (jnp.moveaxis(x, axis, 2) for x in (x_q, k, v))
   b, o, length = qa.shape[:3]
   fold = lambda x: x.reshape(b * o, length, *x.shape[3:])  # noqa: E731

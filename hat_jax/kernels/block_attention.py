@@ -29,6 +29,7 @@ from jax.experimental.pallas import triton as pltriton
 from hat_jax.kernels import tiling
 from hat_jax.kernels.masks import MaskSpec, element_mask
 from hat_jax.kernels.reference import check_qkv
+from hat_jax.kernels.sharded import kernel_platform
 
 _NEG = -1e30  # finite "minus infinity": exp(_NEG - m) underflows to 0 and never yields inf - inf = NaN
 BACKENDS = ("tpu", "gpu")
@@ -462,16 +463,19 @@ def block_attention(
 ) -> jax.Array:
   """Masked GQA flash attention that skips fully masked tiles; same contract as `reference_attention`.
 
-  backend: "tpu" (Mosaic schedule) or "gpu"; default = the current platform, and "gpu" on CPU.
+  backend: "tpu" (Mosaic schedule) or "gpu"; default = the platform compiled for (`kernel_platform`:
+    the mesh in context, else the default backend), and "gpu" on CPU.
   interpret: run in CPU interpret mode (generic interpreter for "gpu", TPU simulator for "tpu");
-    default True exactly when jax runs on CPU.
+    default True exactly when that platform is the CPU.
+  On a multi-device mesh call it through `hat_jax.kernels.attention(impl="pallas")`, which runs it per
+  device under `jax.shard_map` (XLA cannot partition a Pallas call).
   Positions may be arbitrary int arrays: tile skipping then uses per-tile min/max at run time and the
   grid spans every key tile (correct, less skipping). With default (arange) positions the grid extent
   is a static bound from the mask, so cost is linear in length for a window or chunk mask.
   num_warps, num_stages: GPU (Triton) launch parameters; tools/bench_attention.py sweeps them.
   """
   check_qkv(q, k, v)
-  platform = jax.default_backend()
+  platform = kernel_platform()
   if backend is None:
     backend = "tpu" if platform == "tpu" else "gpu"
   if backend not in BACKENDS:

@@ -8,10 +8,12 @@ from hat_jax.kernels.block_attention import block_attention
 from hat_jax.kernels.blocked_xla import blocked_attention, blocked_supported
 from hat_jax.kernels.masks import MaskSpec
 from hat_jax.kernels.reference import reference_attention
+from hat_jax.kernels.sharded import shard_map_kernel
 
 # "xla": plain jnp lowered by XLA: blocked (linear in length) for window/chunk masks with default
 # positions, dense masked attention otherwise. "pallas": the Pallas block-sparse flash kernel for the
-# current backend (TPU Mosaic or GPU), interpret mode on CPU.
+# platform being compiled for (TPU Mosaic or GPU, `sharded.kernel_platform`), interpret mode on CPU, run per
+# device under `jax.shard_map` when a mesh is in context.
 ATTENTION_IMPLS = ("xla", "pallas")
 
 
@@ -36,7 +38,11 @@ def attention(
     raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}.")
   segments = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
   if impl == "pallas":
-    return block_attention(q, k, v, spec, q_positions=q_positions, kv_positions=kv_positions, **segments)
+    # A Pallas call is a custom call XLA cannot partition: on a mesh it runs per device (shard_map).
+    def kernel(q, k, v, q_positions, q_segment_ids, kv_positions, kv_segment_ids):
+      return block_attention(q, k, v, spec, q_positions=q_positions, kv_positions=kv_positions,
+                             q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids)
+    return shard_map_kernel(kernel, q, k, v, (q_positions, q_segment_ids), (kv_positions, kv_segment_ids))
   if blocked_supported(spec, q, k, q_positions, kv_positions):
     return blocked_attention(q, k, v, spec, **segments)
   return reference_attention(q, k, v, spec, q_positions=q_positions, kv_positions=kv_positions, **segments)
