@@ -30,7 +30,7 @@ def stack(d_model: int, num_layers: int, head_dim: int) -> ml_collections.Config
   heads = d_model // head_dim
   return ml_collections.ConfigDict(dict(
       d_model=d_model, num_layers=num_layers, num_heads=heads, num_kv_heads=heads, head_dim=head_dim,
-      mlp_dim=4 * d_model))
+      mlp_dim=4 * d_model, scan=False, remat="none"))
 
 
 def byte_data(seq_len: int, batch: int, eval_rows: int, random_pad: bool) -> ml_collections.ConfigDict:
@@ -48,7 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       log_every=max(1, steps // 20), eval_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2))
   config.model = ml_collections.ConfigDict(dict(
       block_decoder=stack(bd, bl, head_dim), token_decoder=stack(td, tl, head_dim), block_len=4,
-      prefix_len=2, decoding="prefix", vocab_size=256, vocab_pad_to_multiple=8, attention_impl="xla"))
+      prefix_len=2, decoding="prefix", vocab_size=256, vocab_pad_to_multiple=8, attention_impl="xla",
+      dtype="float32"))
   config.data = byte_data(seq_len, batch, 8 if arg.size == "tiny" else 256, random_pad=True)
   config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=0.0))
   return config

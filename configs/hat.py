@@ -27,7 +27,7 @@ def stack(d_model: int, num_layers: int, head_dim: int, window: int | None) -> m
   return ml_collections.ConfigDict(dict(
       d_model=d_model, num_layers=num_layers, num_heads=heads, num_kv_heads=max(1, heads // 2),
       head_dim=head_dim, mlp_dim=int(8 / 3 * d_model) // 8 * 8, window=window, rope_theta=10_000.0,
-      qk_norm=False, norm_eps=1e-6))
+      qk_norm=False, norm_eps=1e-6, scan=False, remat="none"))
 
 
 def data_config(seq_bytes: int, seq_words: int, batch: int, corpus: str, split_rule: str,

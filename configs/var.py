@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = train_block(steps, batch, lr)
   model_stack = stack(d, layers, head_dim)
   model_stack.qk_norm = True
-  config.model = ml_collections.ConfigDict(dict(stack=model_stack, attention_impl="xla", cond_drop=0.1))
+  config.model = ml_collections.ConfigDict(dict(stack=model_stack, attention_impl="xla", cond_drop=0.1,
+                                                dtype="float32"))
   config.tokenizer = tokenizer(arg.size, f"runs/vqvae_{arg.size}/vqvae_params.npz")
   config.data = image_data("synthetic" if arg.size == "tiny" else "mnist", batch)
   config.sample = sample_block(f"runs/var_{arg.size}", cfg_scale=2.0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hat_jax.kernels import MaskSpec, dense_mask
-from hat_jax.models.layers import KVCache, StackConfig, Stack, apply_rope, stack_mask
+from hat_jax.models.layers import KVCache, StackConfig, Stack, apply_rope, empty_caches, stack_mask
 from tests import jit_helpers
 
 
@@ -21,7 +21,7 @@ def test_cached_decoding_equals_full_forward(window):
   x, pos, seg = _inputs()
   params = jit_helpers.init(stack, jax.random.key(0), x, positions=pos, segment_ids=seg)
   full, _ = stack.apply(params, x, positions=pos, segment_ids=seg)
-  caches = stack.empty_caches(2, 16)
+  caches = empty_caches(cfg, 2, 16)
   out, caches = stack.apply(params, x[:, :6], positions=pos[:, :6], segment_ids=seg[:, :6], caches=caches)
   outs = [out]
   for t in range(6, 10):

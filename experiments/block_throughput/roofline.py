@@ -28,7 +28,8 @@ from configs import block_transformer as block_configs
 from configs import vanilla_lm as vanilla_configs
 from hat_jax.kernels import MaskSpec, reference_attention
 from hat_jax.models.block_transformer import (
-    BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM, empty_caches)
+    BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM)
+from hat_jax.models.layers import empty_caches
 from hat_jax.timing import wall_times
 from hat_jax.train import flops
 
@@ -107,7 +108,7 @@ def vanilla_step_ms(cfg: VanillaConfig, batch: int, slots: int, iters: int, repe
   def step(caches, params):
     byte = jnp.zeros((batch, 1), jnp.int32)
     return model.apply(params, byte, caches=caches)[1]
-  caches = _filled(empty_caches(cfg.decoder, batch, slots), slots // 2)
+  caches = _filled(empty_caches(cfg.decoder, batch, slots, cfg.jnp_dtype), slots // 2)
   return best_seconds(looped(step, iters), caches, params, repeats=repeats) / iters * 1e3
 
 
@@ -121,7 +122,7 @@ def block_pieces_ms(cfg: BlockTransformerConfig, batch: int, slots: int, iters: 
     return model.apply(params, block, caches, method=model.block_step)[1]
 
   def token_block(ctx, params):
-    caches = empty_caches(cfg.token_decoder, batch, cfg.token_context)
+    caches = empty_caches(cfg.token_decoder, batch, cfg.token_context, cfg.jnp_dtype)
     vecs, logits, caches = model.apply(params, ctx, caches, method=model.token_first)
     byte = jnp.argmax(logits, -1)
     for k in range(1, cfg.block_len):
@@ -129,7 +130,7 @@ def block_pieces_ms(cfg: BlockTransformerConfig, batch: int, slots: int, iters: 
       byte = jnp.argmax(logits, -1)
     return ctx + 1e-9 * byte[:, None].astype(ctx.dtype)  # the next block depends on this one
 
-  caches = _filled(empty_caches(cfg.block_decoder, batch, slots), slots // 2)
+  caches = _filled(empty_caches(cfg.block_decoder, batch, slots, cfg.jnp_dtype), slots // 2)
   ctx = jnp.ones((batch, cfg.block_decoder.d_model))
   return dict(block_step=best_seconds(looped(block_step, iters), caches, params, repeats=repeats) / iters * 1e3,
               token_block=best_seconds(looped(token_block, iters), ctx, params, repeats=repeats) / iters * 1e3)

@@ -53,7 +53,8 @@ import numpy as np
 
 from hat_jax.generate.sampling import GREEDY, SamplingConfig, sample
 from hat_jax.models.block_transformer import (
-    BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM, empty_caches)
+    BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM)
+from hat_jax.models.layers import empty_caches
 
 
 def stack_prompts(prompts: Sequence[Sequence[int] | bytes], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,14 +169,14 @@ def _block_generate(cfg: BlockTransformerConfig, params, prompt, prompt_lengths,
   batch, n_prompt = block_segments.shape
   n_new = num_new // L
 
-  caches = empty_caches(cfg.block_decoder, batch, n_prompt + n_new - 1)
+  caches = empty_caches(cfg.block_decoder, batch, n_prompt + n_new - 1, cfg.jnp_dtype)
   ctx, caches = model.apply(params, tokens.reshape(batch, n_prompt, L), caches, segment_ids=block_segments,
                             method=model.block_step)
   rngs = jax.random.split(rng, n_new)
 
   def decode_block(ctx, rng):
     """context [B, D] -> block bytes [B, L_B], their logits [B, L_B, V] (None unless return_logits)."""
-    caches = empty_caches(cfg.token_decoder, batch, cfg.token_context)  # reset every block
+    caches = empty_caches(cfg.token_decoder, batch, cfg.token_context, cfg.jnp_dtype)  # reset every block
     rngs = jax.random.split(rng, L)
     ctx_vecs, logits, caches = model.apply(params, ctx, caches, method=model.token_first)
     all_logits, byte = [logits], sample(logits, rngs[0], sampling)
@@ -201,7 +202,7 @@ def _vanilla_generate(cfg: VanillaConfig, params, prompt, prompt_lengths, rng, *
                       return_logits):
   model = VanillaLM(cfg)
   batch, prompt_len = prompt.shape
-  caches = empty_caches(cfg.decoder, batch, prompt_len + num_new - 1)
+  caches = empty_caches(cfg.decoder, batch, prompt_len + num_new - 1, cfg.jnp_dtype)
   segment_ids = (jnp.arange(prompt_len)[None] < prompt_lengths[:, None]).astype(jnp.int32)
   logits, caches = model.apply(params, prompt.astype(jnp.int32), segment_ids=segment_ids, caches=caches)
   logits = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)  # [B, 1, V]

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hat_jax.data.splitter import BOS, EOD
 from hat_jax.generate.sampling import SamplingConfig, sample
 from hat_jax.models.bytes_lm import BytesLM
-from hat_jax.models.layers import KVCache
+from hat_jax.models.layers import empty_caches
 
 
 def generate_bytes(model: BytesLM, params, prompts: Sequence[bytes], max_new_bytes: int, rng: jax.Array,
@@ -21,9 +22,7 @@ def generate_bytes(model: BytesLM, params, prompts: Sequence[bytes], max_new_byt
   seg = np.zeros((batch, p_len), np.int32)
   for b, s in enumerate(seqs):
     ids[b, :len(s)], seg[b, :len(s)] = np.frombuffer(s, np.uint8), 1
-  stack = model.cfg.stack
-  caches = tuple(KVCache.empty(batch, p_len + max_new_bytes, stack.num_kv_heads, stack.head_dim)
-                 for _ in range(stack.num_layers))
+  caches = empty_caches(model.cfg.stack, batch, p_len + max_new_bytes, jnp.dtype(model.cfg.dtype))
   step = jax.jit(lambda p, i, pos, sg, c: model.apply(p, i, pos, sg, c))
   pos = np.broadcast_to(np.arange(p_len, dtype=np.int32), (batch, p_len))
   logits, caches = step(params, ids, pos, seg, caches)

@@ -28,7 +28,7 @@ import numpy as np
 from hat_jax.data.splitter import BOS, END_OF_WORD, EOD, WordSplitter
 from hat_jax.generate.sampling import SamplingConfig, sample
 from hat_jax.models.hat import HAT, HATConfig, empty_caches
-from hat_jax.models.layers import KVCache
+from hat_jax.models.layers import crop_caches, empty_caches as stack_caches
 
 
 @dataclasses.dataclass
@@ -43,10 +43,6 @@ class Generation:
   @property
   def text(self) -> str:
     return self.generated.decode("utf-8", errors="replace")
-
-
-def _crop(caches: tuple[KVCache, ...], amount: jax.Array) -> tuple[KVCache, ...]:
-  return tuple(c._replace(length=c.length - amount) for c in caches)
 
 
 def _check_sampler_inputs(cfg: HATConfig, splitter: WordSplitter, variant: str, other: str) -> None:
@@ -88,7 +84,7 @@ class HATSampler:
       chunk_pos = jnp.where(chunk_seg > 0, (lens - redo)[:, None] + jnp.arange(width)[None], 0)
       h_chunk = jnp.take_along_axis(h_hist, chunk_pos[..., None], axis=1)
       guide = jnp.take_along_axis(guides, guide_idx[..., None], axis=1)
-      dec_caches = _crop(dec_caches, jnp.maximum(redo - 1, 0))
+      dec_caches = crop_caches(dec_caches, jnp.maximum(redo - 1, 0))
       logits, dec_caches = decode(params, h_chunk, guide, chunk_pos, chunk_seg, dec_caches)
       return logits, h_hist, enc_caches, dec_caches
 
@@ -261,8 +257,7 @@ class PaperHATSampler:
     if max(len(c) for c in complete) + max_new_bytes + 1 > self.max_words:
       raise ValueError(f"prompt words + max_new_bytes exceed max_total_words={self.max_words}; raise it.")
     batch = len(prompts)
-    caches = tuple(KVCache.empty(batch, self.max_words, cfg.backbone.num_kv_heads, cfg.backbone.head_dim,
-                                 cfg.jnp_dtype) for _ in range(cfg.backbone.num_layers))
+    caches = stack_caches(cfg.backbone, batch, self.max_words, cfg.jnp_dtype)
     ids, mask, valid = self._word_arrays(complete)
     pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), valid.shape)
     out, caches = self._word_step(self.params, ids, mask, pos, valid, caches)

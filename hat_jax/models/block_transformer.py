@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from hat_jax.kernels import MaskSpec
 from hat_jax.models.layers import (
-    Attention, KVCache, RMSNorm, Stack, StackConfig, SwiGLU, dense_init, embed_init, stack_mask)
+    Block, KVCache, Layer, RMSNorm, Stack, StackConfig, caches_length, dense_init, embed_init, empty_caches, stack_mask)
 
 DECODINGS = ("prefix", "summation", "cross_attention")
 
@@ -54,8 +54,12 @@ def _logical(init, axes):
 
 
 class _ByteVocab:
-  """For configs with `vocab_size` and `vocab_pad_to_multiple` fields: the pad id (one past the
-  vocabulary) and the row count of input embedding tables (vocabulary + pad, rounded up)."""
+  """For configs with `vocab_size`, `vocab_pad_to_multiple` and `dtype` fields: the pad id (one past the
+  vocabulary), the row count of input embedding tables (vocabulary + pad, rounded up), the compute dtype."""
+
+  @property
+  def jnp_dtype(self):
+    return jnp.dtype(self.dtype)
 
   @property
   def pad_id(self) -> int:
@@ -80,6 +84,7 @@ class BlockTransformerConfig(_ByteVocab):
   # unchanged); the configs use 8, which tensor-parallel sizes 2, 4 and 8 divide.
   vocab_pad_to_multiple: int = 1
   attention_impl: str = "xla"
+  dtype: str = "float32"  # compute dtype ("bfloat16" with float32 params = mixed precision)
 
   def __post_init__(self):
     _check_vocab(self.vocab_size, self.vocab_pad_to_multiple)
@@ -117,6 +122,7 @@ class VanillaConfig(_ByteVocab):
   vocab_size: int = 256
   vocab_pad_to_multiple: int = 1  # as in BlockTransformerConfig
   attention_impl: str = "xla"
+  dtype: str = "float32"  # as in BlockTransformerConfig
 
   def __post_init__(self):
     _check_vocab(self.vocab_size, self.vocab_pad_to_multiple)
@@ -183,27 +189,22 @@ class LookupConcatEmbedder(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-class CrossAttentionLayer(nn.Module):
-  """Pre-norm decoder layer: causal self-attention, cross-attention to context vectors, SwiGLU."""
-
-  cfg: StackConfig
-  attention_impl: str = "xla"
+class CrossAttentionLayer(Layer):
+  """Pre-norm decoder layer: causal self-attention, cross-attention to the context vectors (`context`
+  [B', n_ctx, D_tok]), SwiGLU."""
 
   @nn.compact
-  def __call__(self, x, *, positions, segment_ids, context, cache: KVCache | None = None):
-    cfg = self.cfg
-    attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-                qk_norm=cfg.qk_norm, attention_impl=self.attention_impl)
-    h, cache = Attention(mask=MaskSpec(causal=True), rope_theta=cfg.rope_theta, name="attn", **attn)(
-        RMSNorm(cfg.norm_eps, name="attn_norm")(x), positions=positions, segment_ids=segment_ids, cache=cache)
+  def __call__(self, x, positions, segment_ids, context, cache: KVCache | None = None):
+    h, cache = self.attention(mask=MaskSpec(causal=True))(self.norm("attn_norm")(x), positions=positions,
+                                                          segment_ids=segment_ids, cache=cache)
     x = x + h
     ctx_pos = jnp.zeros(context.shape[:2], jnp.int32)
-    h, _ = Attention(mask=MaskSpec(causal=False), rope_theta=None, name="cross_attn", **attn)(
-        RMSNorm(cfg.norm_eps, name="cross_norm")(x), positions=positions, segment_ids=jnp.ones_like(segment_ids),
-        x_kv=context, kv_positions=ctx_pos, kv_segment_ids=jnp.ones_like(ctx_pos))
+    h, _ = self.attention("cross_attn", mask=MaskSpec(causal=False), rope_theta=None, mask_by_index=False)(
+        self.norm("cross_norm")(x), positions=positions, segment_ids=jnp.ones_like(segment_ids), x_kv=context,
+        kv_positions=ctx_pos, kv_segment_ids=jnp.ones_like(ctx_pos))
     x = x + h
-    x = x + SwiGLU(cfg.mlp_dim, name="mlp")(RMSNorm(cfg.norm_eps, name="mlp_norm")(x))
-    return x, cache
+    x = x + self.mlp()(self.norm("mlp_norm")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
 
 class TokenDecoder(nn.Module):
@@ -218,8 +219,8 @@ class TokenDecoder(nn.Module):
   cfg: BlockTransformerConfig
 
   def setup(self):
-    cfg, tok = self.cfg, self.cfg.token_decoder
-    self.embed = nn.Embed(cfg.input_vocab_size, tok.d_model, embedding_init=embed_init(), name="embed")
+    cfg, tok, dtype = self.cfg, self.cfg.token_decoder, self.cfg.jnp_dtype
+    self.embed = nn.Embed(cfg.input_vocab_size, tok.d_model, embedding_init=embed_init(), dtype=dtype, name="embed")
     n_ctx = cfg.prefix_len if cfg.decoding == "prefix" else cfg.block_len
     # Conv1d(kernel=1) of the paper == a Dense to n_ctx * D_tok, reshaped to n_ctx vectors.
     d_block = cfg.block_decoder.d_model
@@ -227,17 +228,17 @@ class TokenDecoder(nn.Module):
                                      (d_block, n_ctx, tok.d_model))
     self.context_bias = self.param("context_bias", _logical(nn.initializers.zeros, (None, None)),
                                    (n_ctx, tok.d_model))
-    if cfg.decoding == "cross_attention":
-      self.layers = [CrossAttentionLayer(tok, cfg.attention_impl, name=f"layer_{i}") for i in range(tok.num_layers)]
-    else:
-      self.stack = Stack(tok, stack_mask(tok), cfg.attention_impl, name="stack")
-    self.final_norm = RMSNorm(tok.norm_eps, name="final_norm")
-    self.head = nn.Dense(cfg.vocab_size, use_bias=False, name="head",
+    layer = CrossAttentionLayer if cfg.decoding == "cross_attention" else Block
+    self.stack = Stack(tok, stack_mask(tok), cfg.attention_impl, dtype, layer=layer, name="stack")
+    self.final_norm = RMSNorm(tok.norm_eps, dtype, name="final_norm")
+    self.head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, name="head",
                          kernel_init=_logical(dense_init(), ("embed", "vocab")))
 
   def context_vectors(self, context: jax.Array) -> jax.Array:
     """context [B', D_block] -> [B', n_ctx, D_tok] (prefix_len prefix vectors, or L_B vectors)."""
-    return jnp.einsum("bd,dpe->bpe", context, self.context_kernel) + self.context_bias
+    dtype = self.cfg.jnp_dtype
+    return (jnp.einsum("bd,dpe->bpe", context.astype(dtype), self.context_kernel.astype(dtype))
+            + self.context_bias.astype(dtype))
 
   def first_inputs(self, ctx_vecs: jax.Array) -> jax.Array:
     """Inputs before the block's first byte: the prefix [P_1..P_p], or the start token <s> (+ ctx_1)."""
@@ -263,16 +264,9 @@ class TokenDecoder(nn.Module):
     batch, length = x.shape[:2]
     positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32)[None], (batch, length))
     segment_ids = jnp.ones((batch, length), jnp.int32)
-    if self.cfg.decoding == "cross_attention":
-      new_caches = []
-      for i, layer in enumerate(self.layers):
-        x, c = layer(x, positions=positions, segment_ids=segment_ids, context=ctx_vecs,
-                     cache=None if caches is None else caches[i])
-        new_caches.append(c)
-      caches = None if caches is None else tuple(new_caches)
-    else:
-      x, caches = self.stack(x, positions=positions, segment_ids=segment_ids, caches=caches)
-    return self.head(self.final_norm(x)), caches
+    context = ctx_vecs if self.cfg.decoding == "cross_attention" else None
+    x, caches = self.stack(x, positions=positions, segment_ids=segment_ids, caches=caches, context=context)
+    return self.head(self.final_norm(x)).astype(jnp.float32), caches
 
   def __call__(self, context: jax.Array, prev: jax.Array) -> jax.Array:
     """Teacher-forced: context [B', D_block], prev [B', L_B - 1] -> logits [B', T, V]."""
@@ -292,14 +286,14 @@ class BlockTransformer(nn.Module):
     cfg = self.cfg
     self.embedder = LookupConcatEmbedder(cfg.input_vocab_size, cfg.block_decoder.d_model, cfg.block_len,
                                          name="embedder")
-    self.block_decoder = Stack(cfg.block_decoder, stack_mask(cfg.block_decoder), cfg.attention_impl,
+    self.block_decoder = Stack(cfg.block_decoder, stack_mask(cfg.block_decoder), cfg.attention_impl, cfg.jnp_dtype,
                                name="block_decoder")
-    self.block_norm = RMSNorm(cfg.block_decoder.norm_eps, name="block_norm")
+    self.block_norm = RMSNorm(cfg.block_decoder.norm_eps, cfg.jnp_dtype, name="block_norm")
     self.token_decoder = TokenDecoder(cfg, name="token_decoder")
 
   def contexts(self, blocks, *, positions, segment_ids, caches=None):
     """blocks [B, N, L_B], positions/segment_ids [B, N] (block level) -> context embeddings [B, N, D]."""
-    x = self.embedder(blocks)
+    x = self.embedder(blocks).astype(self.cfg.jnp_dtype)
     x, caches = self.block_decoder(x, positions=positions, segment_ids=segment_ids, caches=caches)
     return self.block_norm(x), caches
 
@@ -340,7 +334,7 @@ class BlockTransformer(nn.Module):
     step overwrites it and no real block ever attends to it (`KVCache.append`).
     """
     batch, n, _ = blocks.shape
-    start = caches[0].length[:, None]
+    start = caches_length(caches)[:, None]
     positions = start + jnp.arange(n, dtype=jnp.int32)[None]
     if segment_ids is None:
       segment_ids = jnp.ones((batch, n), jnp.int32)
@@ -370,10 +364,12 @@ class VanillaLM(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.embed = nn.Embed(cfg.input_vocab_size, cfg.decoder.d_model, embedding_init=embed_init(), name="embed")
-    self.decoder = Stack(cfg.decoder, stack_mask(cfg.decoder), cfg.attention_impl, name="decoder")
-    self.final_norm = RMSNorm(cfg.decoder.norm_eps, name="final_norm")
-    self.head = nn.Dense(cfg.vocab_size, use_bias=False, name="head",
+    dtype = cfg.jnp_dtype
+    self.embed = nn.Embed(cfg.input_vocab_size, cfg.decoder.d_model, embedding_init=embed_init(), dtype=dtype,
+                          name="embed")
+    self.decoder = Stack(cfg.decoder, stack_mask(cfg.decoder), cfg.attention_impl, dtype, name="decoder")
+    self.final_norm = RMSNorm(cfg.decoder.norm_eps, dtype, name="final_norm")
+    self.head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, name="head",
                          kernel_init=_logical(dense_init(), ("embed", "vocab")))
 
   def __call__(self, tokens, *, segment_ids=None, positions=None, caches=None):
@@ -383,16 +379,11 @@ class VanillaLM(nn.Module):
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
     if positions is None:
-      start = 0 if caches is None else caches[0].length[:, None]
+      start = 0 if caches is None else caches_length(caches)[:, None]
       positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
       positions = jnp.broadcast_to(positions, tokens.shape)
     x, caches = self.decoder(self.embed(tokens), positions=positions, segment_ids=segment_ids, caches=caches)
-    return self.head(self.final_norm(x)), caches
-
-
-def empty_caches(stack_cfg: StackConfig, batch: int, max_len: int, dtype=jnp.float32) -> tuple[KVCache, ...]:
-  return tuple(KVCache.empty(batch, max_len, stack_cfg.num_kv_heads, stack_cfg.head_dim, dtype)
-               for _ in range(stack_cfg.num_layers))
+    return self.head(self.final_norm(x)).astype(jnp.float32), caches
 
 
 def param_count(params: Any) -> int:

@@ -34,7 +34,8 @@ import optax
 from hat_jax.data.splitter import END_OF_WORD, VOCAB_SIZE
 from hat_jax.kernels import MaskSpec
 from hat_jax.models import lm_metrics
-from hat_jax.models.layers import Block, DenseND, KVCache, RMSNorm, Stack, StackConfig, dense_init, embed_init
+from hat_jax.models.layers import (
+    Block, DenseND, Layer, RMSNorm, Stack, StackConfig, dense_init, embed_init, empty_caches as stack_caches)
 
 HAT_VARIANTS = ("tfree", "paper")
 
@@ -87,12 +88,32 @@ def gather_words(h: jax.Array, word_starts: jax.Array, word_lengths: jax.Array, 
   return gathered.reshape(b, w, m, *h.shape[2:]), mask
 
 
+def byte_owner(word_starts: jax.Array, word_lengths: jax.Array, num_bytes: int) -> tuple[jax.Array, jax.Array]:
+  """Which word holds each byte, in O(bytes + words): word_starts / word_lengths [B, W] ->
+  (owner [B, S] word index, inside [B, S] whether byte t lies in that word).
+
+  Words are contiguous, in order, and padding words have length 0: scatter j + 1 at each real word's
+  start, then a running max carries it over the word's bytes (and past its end, which `inside` drops).
+  """
+  b, w = word_starts.shape
+  real = word_lengths > 0
+  marks = jnp.zeros((b, num_bytes), jnp.int32)
+  marks = jax.vmap(lambda m, at, val: m.at[at].max(val, mode="drop"))(
+      marks, jnp.where(real, word_starts, num_bytes), jnp.where(real, jnp.arange(1, w + 1), 0))
+  owner = jax.lax.cummax(marks, axis=1) - 1  # [B, S]; -1 before the first word
+  safe = jnp.maximum(owner, 0)
+  end = jnp.take_along_axis(word_starts + word_lengths, safe, axis=1)
+  inside = (owner >= 0) & (jnp.arange(num_bytes)[None] < end)
+  return safe, inside
+
+
 class WordPool(nn.Module):
   """Learned-query cross-attention over the bytes of each word: h_enc [B, S, d_enc] -> [B, W, D].
 
-  Words are contiguous byte spans, so the per-word softmax is written with a [B, S, W] membership mask
-  and matmuls over the byte axis: no [W, max_word_bytes] padded gather, and the backward pass is matmuls
-  too (a gather's scatter-add backward is slow on CPU).
+  Words are contiguous byte spans, so the per-word softmax is a segment softmax over the byte axis
+  (`jax.ops.segment_max` / `segment_sum` with each byte's word as its segment): memory and work are
+  linear in bytes + words, where a [B, S, W] membership mask would be quadratic in context (16,384
+  bytes x ~3,300 words x heads is ~0.9 GB per row for each float32 tensor of that shape).
   """
 
   d_out: int
@@ -102,19 +123,25 @@ class WordPool(nn.Module):
   @nn.compact
   def __call__(self, h_enc: jax.Array, word_starts: jax.Array, word_lengths: jax.Array) -> jax.Array:
     head_dim = self.d_out // self.num_heads
+    num_words = word_starts.shape[1]
     query = self.param("latent_query", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", "head_dim")),
                        (self.num_heads, head_dim))
     kv = DenseND((2, self.num_heads, head_dim), ("embed", None, "heads", "head_dim"), dtype=self.dtype,
                  name="kv_proj")(RMSNorm(dtype=self.dtype, name="kv_norm")(h_enc))
     k, v = kv[:, :, 0], kv[:, :, 1]  # [B, S, H, hd]
-    t = jnp.arange(h_enc.shape[1])[None, :, None]
-    member = (t >= word_starts[:, None, :]) & (t < (word_starts + word_lengths)[:, None, :])  # [B, S, W]
+    owner, inside = byte_owner(word_starts, word_lengths, h_enc.shape[1])
+    segment = jnp.where(inside, owner, num_words)  # bytes outside every word go to a dropped segment
     scores = jnp.einsum("hd,bshd->bsh", query.astype(self.dtype), k).astype(jnp.float32) * head_dim**-0.5
-    masked = jnp.where(member[..., None], scores[:, :, None, :], -jnp.inf)  # [B, S, W, H]
-    word_max = jax.lax.stop_gradient(jnp.max(masked, axis=1, keepdims=True))
-    weights = jnp.exp(masked - jnp.where(jnp.isfinite(word_max), word_max, 0.0))  # 0 outside the word
-    denom = jnp.sum(weights, axis=1)  # [B, W, H]; 0 for padding words, which then pool to zero
-    pooled = jnp.einsum("bswh,bshd->bwhd", weights.astype(self.dtype), v) / jnp.maximum(denom, 1e-30)[..., None]
+
+    def per_row(scores, v, segment):  # [S, H], [S, H, hd], [S] -> [W, H, hd]
+      seg_max = jax.ops.segment_max(scores, segment, num_words + 1, indices_are_sorted=False)
+      seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
+      weights = jnp.exp(scores - seg_max[segment])  # [S, H]
+      denom = jax.ops.segment_sum(weights, segment, num_words + 1)  # [W + 1, H]; 0 for padding words
+      total = jax.ops.segment_sum(weights[..., None].astype(self.dtype) * v, segment, num_words + 1)
+      return (total / jnp.maximum(denom, 1e-30)[..., None].astype(total.dtype))[:num_words]
+
+    pooled = jax.vmap(per_row)(scores, v, segment)  # [B, W, H, hd]; padding words pool to zero
     out = DenseND((self.d_out,), ("heads", "head_dim", "embed"), in_dims=2, dtype=self.dtype, name="o_proj")(
         pooled.astype(self.dtype))
     return nn.with_logical_constraint(out, ("batch", "length", "embed"))
@@ -124,12 +151,24 @@ class GuideAdd(nn.Module):
   """Decoder cross-attention to the single predictive word vector: x + W(norm(guide))."""
 
   dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, guide: jax.Array) -> jax.Array:
-    g = RMSNorm(dtype=self.dtype, name="guide_norm")(guide)
-    return x + nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype, name="proj",
+    g = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="guide_norm")(guide)
+    return x + nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name="proj",
                         kernel_init=nn.with_logical_partitioning(dense_init(), ("mlp", "embed")))(g)
+
+
+class GuidedBlock(Layer):
+  """A TFree-HAT decoder layer: add the guide (context [B, T, D], the previous word's backbone output per
+  byte) through `GuideAdd`, then a causal sliding-window `Block` over the bytes."""
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, context, cache=None):
+    x = GuideAdd(self.dtype, self.param_dtype, name="guide")(x, context)
+    return Block(self.cfg, self.mask, self.attention_impl, self.dtype, self.param_dtype, self.mask_by_index,
+                 name="block")(x, positions, segment_ids, None, cache)
 
 
 class HAT(nn.Module):
@@ -148,9 +187,8 @@ class HAT(nn.Module):
     self.first_word = self.param("first_word_embedding",
                                  nn.with_logical_partitioning(nn.initializers.normal(1.0), ("embed",)),
                                  (cfg.backbone.d_model,))
-    self.guides = [GuideAdd(dtype) for _ in range(cfg.decoder.num_layers)]
-    self.decoder_blocks = [Block(cfg.decoder, window(cfg.decoder), cfg.attention_impl, dtype, mask_by_index=True)
-                           for _ in range(cfg.decoder.num_layers)]
+    self.decoder = Stack(cfg.decoder, window(cfg.decoder), cfg.attention_impl, dtype, mask_by_index=True,
+                         layer=GuidedBlock)
     self.final_norm = RMSNorm(cfg.decoder.norm_eps, dtype)
     self.lm_head = nn.Dense(VOCAB_SIZE, use_bias=False, dtype=dtype,
                             kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")))
@@ -181,13 +219,8 @@ class HAT(nn.Module):
 
   def decode(self, h_enc, guide, positions, segment_ids, caches=None):
     """encoder states [B, T, d] + per-byte guide vectors [B, T, D] -> next-byte logits [B, T, 256]."""
-    x, new_caches = h_enc, []
-    for i, (guide_add, block) in enumerate(zip(self.guides, self.decoder_blocks)):
-      x = guide_add(x, guide)
-      x, c = block(x, positions=positions, segment_ids=segment_ids, cache=None if caches is None else caches[i])
-      new_caches.append(c)
-    logits = self.lm_head(self.final_norm(x)).astype(jnp.float32)
-    return logits, (None if caches is None else tuple(new_caches))
+    x, caches = self.decoder(h_enc, positions=positions, segment_ids=segment_ids, caches=caches, context=guide)
+    return self.lm_head(self.final_norm(x)).astype(jnp.float32), caches
 
   # -- training forward ----------------------------------------------------------------------------
   def __call__(self, batch):
@@ -297,9 +330,8 @@ def build_hat(cfg: HATConfig) -> nn.Module:
   return HAT(cfg) if cfg.variant == "tfree" else PaperHAT(cfg)
 
 
-def empty_caches(cfg: HATConfig, batch: int, max_bytes: int, max_words: int) -> dict[str, tuple[KVCache, ...]]:
+def empty_caches(cfg: HATConfig, batch: int, max_bytes: int, max_words: int) -> dict:
   """Preallocated KV caches for the three levels of a tfree HAT."""
-  def stack(s: StackConfig, length: int):
-    return tuple(KVCache.empty(batch, length, s.num_kv_heads, s.head_dim, cfg.jnp_dtype) for _ in range(s.num_layers))
-  return {"encoder": stack(cfg.encoder, max_bytes), "backbone": stack(cfg.backbone, max_words),
-          "decoder": stack(cfg.decoder, max_bytes)}
+  return {"encoder": stack_caches(cfg.encoder, batch, max_bytes, cfg.jnp_dtype),
+          "backbone": stack_caches(cfg.backbone, batch, max_words, cfg.jnp_dtype),
+          "decoder": stack_caches(cfg.decoder, batch, max_bytes, cfg.jnp_dtype)}

@@ -21,6 +21,17 @@ from hat_jax.kernels import MaskSpec, attention, reference_attention
 
 Dtype = Any
 
+# Activation checkpointing per layer (MaxText's `remat_policy`): "none" keeps every activation for the
+# backward pass; "full" keeps only each layer's input and recomputes the rest; "save_dots" keeps the
+# matmul outputs and recomputes the cheap elementwise work; "save_dots_no_batch" keeps only matmuls
+# without batch dimensions (the projections, not attention's q.k and p.v).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,
+    "save_dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
 
 def dataclass_from_config(cls, cfg, what: str):
   """Build dataclass `cls` from a ConfigDict/mapping, naming unknown fields in the error."""
@@ -46,12 +57,20 @@ class StackConfig:
   rope_theta: float = 10_000.0
   qk_norm: bool = False
   norm_eps: float = 1e-6
+  # How the layers run (not their shape): `scan` compiles one layer and loops it with `nn.scan` (compile
+  # time and program size independent of depth; params and caches get a leading "layers" axis, so
+  # scanned and unscanned checkpoints differ), `remat` recomputes activations in the backward pass
+  # (REMAT_POLICIES).
+  scan: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     for name in ("d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}.")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads}).")
@@ -118,6 +137,9 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+KV_CACHE_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
+
+
 class KVCache(NamedTuple):
   """Preallocated per-layer cache. Slots beyond `length` are empty (segment id 0 never matches a query).
 
@@ -166,6 +188,17 @@ class KVCache(NamedTuple):
         positions=write(0)(self.positions, positions.astype(jnp.int32), start),
         segment_ids=write(0)(self.segment_ids, segment_ids.astype(jnp.int32), start),
         length=self.length + num_valid,
+    ).constrained()
+
+  def constrained(self) -> "KVCache":
+    """The cache with its logical axes (batch, kv_heads, cache_length, head_dim) applied: under a mesh the
+    rules place it like the activations that fill it (batch over data/fsdp, kv heads over tensor)."""
+    return KVCache(
+        k=nn.with_logical_constraint(self.k, KV_CACHE_AXES),
+        v=nn.with_logical_constraint(self.v, KV_CACHE_AXES),
+        positions=nn.with_logical_constraint(self.positions, ("batch", "cache_length")),
+        segment_ids=nn.with_logical_constraint(self.segment_ids, ("batch", "cache_length")),
+        length=nn.with_logical_constraint(self.length, ("batch",)),
     )
 
   def attend(self, q: jax.Array, mask: MaskSpec, q_positions: jax.Array, q_segment_ids: jax.Array) -> jax.Array:
@@ -257,8 +290,14 @@ class SwiGLU(nn.Module):
     return dense(x.shape[-1], ("mlp", "embed"), "down")(hidden)
 
 
-class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
+class Layer(nn.Module):
+  """What every layer of a `Stack` is built from and called with.
+
+  `__call__(x, positions, segment_ids, context, cache) -> (x, cache)`, positional (so `nn.scan` and
+  `nn.remat` can wrap it): x [batch, len, d_model]; positions / segment_ids [batch, len]; `context` is
+  one extra input every layer sees unchanged (HAT's per-byte guide vectors, VAR's class condition, the
+  Block Transformer's context vectors; None for a plain block); cache one layer's `KVCache` or None.
+  """
 
   cfg: StackConfig
   mask: MaskSpec
@@ -267,18 +306,30 @@ class Block(nn.Module):
   param_dtype: Dtype = jnp.float32
   mask_by_index: bool = False  # see Attention.mask_by_index
 
-  @nn.compact
-  def __call__(self, x, *, positions, segment_ids, cache: KVCache | None = None):
+  def attention(self, name: str = "attn", **overrides) -> Attention:
     cfg = self.cfg
-    attn_out, cache = Attention(
-        cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, mask=self.mask, rope_theta=cfg.rope_theta,
-        qk_norm=cfg.qk_norm, attention_impl=self.attention_impl, dtype=self.dtype,
-        param_dtype=self.param_dtype, mask_by_index=self.mask_by_index, name="attn")(
-            RMSNorm(cfg.norm_eps, self.dtype, self.param_dtype, name="attn_norm")(x),
-            positions=positions, segment_ids=segment_ids, cache=cache)
+    kwargs = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, mask=self.mask,
+                  rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm, attention_impl=self.attention_impl,
+                  dtype=self.dtype, param_dtype=self.param_dtype, mask_by_index=self.mask_by_index)
+    return Attention(**{**kwargs, **overrides}, name=name)
+
+  def norm(self, name: str) -> RMSNorm:
+    return RMSNorm(self.cfg.norm_eps, self.dtype, self.param_dtype, name=name)
+
+  def mlp(self, name: str = "mlp") -> SwiGLU:
+    return SwiGLU(self.cfg.mlp_dim, self.dtype, self.param_dtype, name=name)
+
+
+class Block(Layer):
+  """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x)). Ignores `context`."""
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, context=None, cache: KVCache | None = None):
+    del context
+    attn_out, cache = self.attention()(self.norm("attn_norm")(x), positions=positions, segment_ids=segment_ids,
+                                       cache=cache)
     x = x + attn_out
-    x = x + SwiGLU(cfg.mlp_dim, self.dtype, self.param_dtype, name="mlp")(
-        RMSNorm(cfg.norm_eps, self.dtype, self.param_dtype, name="mlp_norm")(x))
+    x = x + self.mlp()(self.norm("mlp_norm")(x))
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
 
@@ -287,7 +338,13 @@ def stack_mask(cfg: StackConfig, causal: bool = True, chunk: int | None = None) 
 
 
 class Stack(nn.Module):
-  """`num_layers` blocks sharing one mask. No final norm: callers add one where the paper has it."""
+  """`num_layers` layers of one kind sharing one mask: the one layer loop of every model.
+
+  Unrolled (params `layer_0`, `layer_1`, ...; caches a tuple, one per layer) or, with `cfg.scan`, one
+  `nn.scan` over a "layers" axis (params `layers/...` with a leading [num_layers] dim; caches one
+  `KVCache` whose arrays carry that leading dim). `cfg.remat` wraps each layer in `nn.remat`. No final
+  norm: callers add one where the paper has it.
+  """
 
   cfg: StackConfig
   mask: MaskSpec
@@ -295,20 +352,65 @@ class Stack(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   mask_by_index: bool = False  # see Attention.mask_by_index
+  layer: type = Block  # a `Layer` subclass
 
   @nn.compact
-  def __call__(self, x, *, positions, segment_ids, caches: tuple[KVCache, ...] | None = None):
+  def __call__(self, x, *, positions, segment_ids, caches=None, context=None):
+    cfg = self.cfg
+    layer = self.layer
+    if cfg.remat != "none":
+      # prevent_cse guards remat against XLA's common-subexpression elimination; inside a scan the loop
+      # already does, and leaving it on there costs speed (flax docs).
+      layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan)
+    fields = dict(cfg=cfg, mask=self.mask, attention_impl=self.attention_impl, dtype=self.dtype,
+                  param_dtype=self.param_dtype, mask_by_index=self.mask_by_index)
+    if cfg.scan:
+      check_caches(caches, cfg, "a scanned")
+      scanned = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+      return scanned(**fields, name="layers")(x, positions, segment_ids, context, caches)
+    check_caches(caches, cfg, "an unscanned")
     new_caches = []
-    for i in range(self.cfg.num_layers):
-      x, c = Block(self.cfg, self.mask, self.attention_impl, self.dtype, self.param_dtype, self.mask_by_index,
-                   name=f"layer_{i}")(
-          x, positions=positions, segment_ids=segment_ids, cache=None if caches is None else caches[i])
+    for i in range(cfg.num_layers):
+      x, c = layer(**fields, name=f"layer_{i}")(x, positions, segment_ids, context,
+                                                None if caches is None else caches[i])
       new_caches.append(c)
     return x, (None if caches is None else tuple(new_caches))
 
-  def empty_caches(self, batch: int, max_len: int, dtype=jnp.float32) -> tuple[KVCache, ...]:
-    return tuple(KVCache.empty(batch, max_len, self.cfg.num_kv_heads, self.cfg.head_dim, dtype)
-                 for _ in range(self.cfg.num_layers))
+
+def empty_caches(cfg: StackConfig, batch: int, max_len: int, dtype=jnp.float32):
+  """The one cache factory: empty KV caches for a stack, [batch, kv_heads, max_len, head_dim] per layer;
+  a tuple of `num_layers` caches, or (`cfg.scan`) one cache with a leading [num_layers] dim."""
+  one = lambda: KVCache.empty(batch, max_len, cfg.num_kv_heads, cfg.head_dim, dtype)  # noqa: E731
+  if cfg.scan:
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (cfg.num_layers,) + x.shape), one())
+  return tuple(one() for _ in range(cfg.num_layers))
+
+
+def check_caches(caches, cfg: StackConfig, what: str) -> None:
+  if caches is None:
+    return
+  stacked = isinstance(caches, KVCache)
+  if stacked != cfg.scan:
+    raise ValueError(
+        f"{what} stack got caches {'stacked in one KVCache' if stacked else 'as a tuple'}; build them with "
+        "hat_jax.models.layers.empty_caches for the same StackConfig (scan=True stacks the layers' caches).")
+  count = caches.k.shape[0] if stacked else len(caches)
+  if count != cfg.num_layers:
+    raise ValueError(f"{what} stack of {cfg.num_layers} layers got caches for {count} layers.")
+
+
+def caches_length(caches) -> jax.Array:
+  """[batch] filled slots of a stack's caches (all layers advance together)."""
+  return caches.length[0] if isinstance(caches, KVCache) else caches[0].length
+
+
+def crop_caches(caches, amount: jax.Array):
+  """Forget the last `amount` [batch] entries of every layer's cache (rollback); either cache layout."""
+  if isinstance(caches, KVCache):
+    return caches._replace(length=caches.length - amount)
+  return tuple(c._replace(length=c.length - amount) for c in caches)
 
 
 def embed_init():

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from hat_jax.kernels import MaskSpec
-from hat_jax.models.layers import KVCache, RMSNorm, Stack, StackConfig, dense_init
+from hat_jax.models.layers import RMSNorm, Stack, StackConfig, dense_init, empty_caches
 from hat_jax.models.var import guided_logits, sample_top_k_top_p, small_normal
 
 
@@ -66,8 +66,7 @@ class RasterAR(nn.Module):
     return logits[:, 0], caches
 
   def empty_caches(self, batch: int):
-    s = self.cfg.stack
-    return tuple(KVCache.empty(batch, self.cfg.seq_len, s.num_kv_heads, s.head_dim) for _ in range(s.num_layers))
+    return empty_caches(self.cfg.stack, batch, self.cfg.seq_len)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "cfg_scale", "top_k", "top_p", "temperature"))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from hat_jax.generate import sampling
 from hat_jax.kernels import MaskSpec
-from hat_jax.models.layers import Attention, KVCache, StackConfig, SwiGLU, dense_init
+from hat_jax.models.layers import KVCache, Layer, Stack, StackConfig, dense_init, empty_caches
 from hat_jax.models.vqvae import MultiScaleVQVAE
 
 BLOCK_CAUSAL = MaskSpec(causal=True)  # with scale ids as positions
@@ -39,9 +39,14 @@ class VARConfig:
   vocab_size: int = 256
   z_channels: int = 16  # Cvae: width of the f_hat-derived inputs
   num_classes: int = 10  # class `num_classes` is the null class used for CFG
+  dtype: str = "float32"  # compute dtype ("bfloat16" with float32 params = mixed precision)
 
   def __post_init__(self):
     object.__setattr__(self, "scales", tuple(self.scales))
+
+  @property
+  def jnp_dtype(self):
+    return jnp.dtype(self.dtype)
 
   @property
   def seq_len(self) -> int:
@@ -75,6 +80,7 @@ class AdaLin(nn.Module):
 
   num: int
   identity_gates: int = 0
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, cond: jax.Array) -> list[jax.Array]:
@@ -83,28 +89,24 @@ class AdaLin(nn.Module):
     def bias_init(key, shape, dtype=jnp.float32):
       return jnp.concatenate([jnp.ones((gates * d,), dtype), jnp.zeros(((num - gates) * d,), dtype)])
 
-    out = nn.Dense(num * d, kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "mlp")),
+    out = nn.Dense(num * d, dtype=self.dtype,
+                   kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "mlp")),
                    bias_init=nn.with_logical_partitioning(bias_init, ("mlp",)))(nn.silu(cond))
     return jnp.split(out[:, None, :], num, axis=-1)
 
 
-class AdaLNBlock(nn.Module):
-  """x += g1 * attn(LN(x)(1 + s1) + b1); x += g2 * mlp(LN(x)(1 + s2) + b2), with (g, s, b) from the class."""
-
-  cfg: StackConfig
-  attention_impl: str = "xla"
+class AdaLNBlock(Layer):
+  """x += g1 * attn(LN(x)(1 + s1) + b1); x += g2 * mlp(LN(x)(1 + s2) + b2), with (g, s, b) from the class
+  (`context` = the class embedding [B, D]). Block-causal: the stack's mask with scale ids as positions."""
 
   @nn.compact
-  def __call__(self, x, cond, *, positions, segment_ids, cache: KVCache | None = None):
-    # x [B, T, D]; cond [B, D]; positions = scale ids [B, T]
-    cfg = self.cfg
-    g1, g2, s1, s2, b1, b2 = AdaLin(6, identity_gates=2, name="ada_lin")(cond)
-    attn_out, cache = Attention(
-        cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, mask=BLOCK_CAUSAL, rope_theta=None, qk_norm=cfg.qk_norm,
-        attention_impl=self.attention_impl, name="attn")(
-            layer_norm(x) * (1 + s1) + b1, positions=positions, segment_ids=segment_ids, cache=cache)
+  def __call__(self, x, positions, segment_ids, context, cache: KVCache | None = None):
+    # x [B, T, D]; context [B, D]; positions = scale ids [B, T]
+    g1, g2, s1, s2, b1, b2 = AdaLin(6, identity_gates=2, dtype=self.dtype, name="ada_lin")(context)
+    attn_out, cache = self.attention(rope_theta=None)(layer_norm(x) * (1 + s1) + b1, positions=positions,
+                                                      segment_ids=segment_ids, cache=cache)
     x = x + g1 * attn_out
-    x = x + g2 * SwiGLU(cfg.mlp_dim, name="mlp")(layer_norm(x) * (1 + s2) + b2)
+    x = x + g2 * self.mlp()(layer_norm(x) * (1 + s2) + b2)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
 
@@ -120,9 +122,9 @@ class VAR(nn.Module):
                                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
     self.lvl_embed = nn.Embed(len(cfg.scales), d, embedding_init=small_normal(d, (None, "embed")))
     self.pos_embed = self.param("pos_embed", small_normal(d, ("length", "embed")), (cfg.seq_len, d))
-    self.blocks = [AdaLNBlock(cfg.stack, self.attention_impl, name=f"layer_{i}") for i in range(cfg.stack.num_layers)]
-    self.head_ada = AdaLin(2)
-    self.head = nn.Dense(cfg.vocab_size, kernel_init=nn.with_logical_partitioning(dense_init(0.02), ("embed", "vocab")),
+    self.blocks = Stack(cfg.stack, BLOCK_CAUSAL, self.attention_impl, cfg.jnp_dtype, layer=AdaLNBlock)
+    self.head_ada = AdaLin(2, dtype=cfg.jnp_dtype)
+    self.head = nn.Dense(cfg.vocab_size, dtype=cfg.jnp_dtype, kernel_init=nn.with_logical_partitioning(dense_init(0.02), ("embed", "vocab")),
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))
 
   def _check_labels(self, labels):
@@ -149,15 +151,13 @@ class VAR(nn.Module):
       raise ValueError(f"VAR inputs for scales {cfg.scales[first_scale:first_scale + num_scales]} must have "
                        f"{span.stop - span.start} positions (sos + f_hat inputs), got {h.shape[1]}.")
     scale_ids = jnp.broadcast_to(cfg.scale_ids[span], h.shape[:2])
-    h = h + self.lvl_embed(scale_ids) + self.pos_embed[span]
+    h = (h + self.lvl_embed(scale_ids) + self.pos_embed[span]).astype(cfg.jnp_dtype)
+    cond = cond.astype(cfg.jnp_dtype)
     segment_ids = jnp.ones(h.shape[:2], jnp.int32)
-    new_caches = []
-    for i, block in enumerate(self.blocks):
-      h, c = block(h, cond, positions=scale_ids, segment_ids=segment_ids, cache=None if caches is None else caches[i])
-      new_caches.append(c)
+    h, caches = self.blocks(h, positions=scale_ids, segment_ids=segment_ids, caches=caches, context=cond)
     scale, shift = self.head_ada(cond)
-    logits = self.head(layer_norm(h) * (1 + scale) + shift)
-    return logits, (None if caches is None else tuple(new_caches))
+    logits = self.head(layer_norm(h) * (1 + scale) + shift).astype(jnp.float32)
+    return logits, caches
 
   def __call__(self, labels, x_in):
     """Teacher forcing. labels [B]; x_in [B, L - 1, Cvae] (MultiScaleVQVAE.var_inputs) -> logits [B, L, V]."""
@@ -167,9 +167,8 @@ class VAR(nn.Module):
     """One scale with KV caches. x_k [B, pn_k^2, Cvae] (None for k = 0) -> logits [B, pn_k^2, V], caches."""
     return self._run(labels, x_k, k, 1, caches)
 
-  def empty_caches(self, batch: int) -> tuple[KVCache, ...]:
-    s = self.cfg.stack
-    return tuple(KVCache.empty(batch, self.cfg.seq_len, s.num_kv_heads, s.head_dim) for _ in range(s.num_layers))
+  def empty_caches(self, batch: int):
+    return empty_caches(self.cfg.stack, batch, self.cfg.seq_len, self.cfg.jnp_dtype)
 
 
 # ---------------------------------------------------------------------------------------------------

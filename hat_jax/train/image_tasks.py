@@ -286,7 +286,7 @@ class VARTask(_TokenizedTask):
     super().__init__(config)
     m, c = config.model, self.vq_cfg
     self.var_cfg = VARConfig(StackConfig.from_config(m.stack), scales=c.scales, vocab_size=c.vocab_size,
-                             z_channels=c.z_channels, num_classes=NUM_CLASSES)
+                             z_channels=c.z_channels, num_classes=NUM_CLASSES, dtype=m.get("dtype", "float32"))
     self.model = VAR(self.var_cfg, attention_impl=m.attention_impl)
 
   def init_params(self, rng):
