@@ -87,7 +87,11 @@ def train_defaults(**overrides) -> ml_collections.ConfigDict:
 
 def mesh_defaults(**overrides) -> ml_collections.ConfigDict:
   """`config.mesh`: sizes per axis, -1 = the remaining devices; dcn_* multiply in across slices."""
-  mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1))
+  # indivisible: "error" when a param dim does not divide its mesh axes (at scale a silently replicated
+  # matrix is an out-of-memory crash far from the cause), or "replicate" to shard it over the part of its
+  # axes that divides it (e.g. 6 heads on tensor=4: heads replicated, the MLP still tensor-parallel).
+  mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1,
+                                        indivisible="error"))
   _update(mesh, overrides, "config.mesh")
   return mesh
 

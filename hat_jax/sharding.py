@@ -24,6 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from absl import logging
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -39,10 +40,10 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
   `dcn_fsdp`, `dcn_tensor` (sizes across slices, multiplied in). Returns the total size per axis.
   """
   cfg = dict(mesh_config)
-  unknown = sorted(set(cfg) - set(MESH_AXES) - {f"dcn_{a}" for a in MESH_AXES})
+  unknown = sorted(set(cfg) - set(MESH_AXES) - {f"dcn_{a}" for a in MESH_AXES} - {"indivisible"})
   if unknown:
     raise ValueError(f"Unknown config.mesh fields {unknown}; expected {list(MESH_AXES)} "
-                     f"(and optionally dcn_* for multi-slice).")
+                     f"(and optionally dcn_* for multi-slice, `indivisible`).")
   sizes = [int(cfg.get(a, 1)) for a in MESH_AXES]
   dcn = [int(cfg.get(f"dcn_{a}", 1)) for a in MESH_AXES]
   if any(d < 1 for d in dcn):
@@ -122,13 +123,35 @@ def _boxed_leaves(tree) -> list[tuple[str, nn.Partitioned]]:
   return [(_path_str(p), x) for p, x in leaves]
 
 
+def _axes(entry) -> tuple[str, ...]:
+  return () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+
+
+def _fit(shape, spec, mesh: Mesh):
+  """Per dim, the longest prefix of its mesh axes whose size divides the dim -> (spec, changed dims)."""
+  fitted, changed = [], []
+  for dim, (size, entry) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
+    axes = _axes(entry)
+    kept = axes
+    while kept and size % math.prod(mesh.shape[a] for a in kept):
+      kept = kept[:-1]
+    if kept != axes:
+      changed.append((dim, axes, kept))
+    fitted.append(None if not kept else (kept[0] if len(kept) == 1 else kept))
+  return PartitionSpec(*fitted), changed
+
+
+INDIVISIBLE = ("error", "replicate")
+
+
 def check_logical_names(abstract_tree, rules: Rules, mesh: Mesh | None = None) -> None:
   """Every logical name on a param needs a rule; sharded dims must divide their mesh axes.
 
-  Raises ValueError listing each offending param so the user can fix the rules (or the model).
+  Raises ValueError naming each offending logical name, with the params it hits (grouped: the optimizer
+  moments of a param are the same problem), so the user can fix the rules, the mesh or the model.
   """
   known = {name for name, _ in rules}
-  unknown, indivisible = {}, []
+  unknown, indivisible = {}, {}
   for path, leaf in _boxed_leaves(abstract_tree):
     if not isinstance(leaf, nn.Partitioned):
       continue
@@ -137,32 +160,54 @@ def check_logical_names(abstract_tree, rules: Rules, mesh: Mesh | None = None) -
       if name is not None and name not in known and len(path) < len(unknown.get(name, path + "_")):
         unknown[name] = path  # the shortest path: the param itself rather than its optimizer moments
     if mesh is not None and not any(n is not None and n not in known for n in names):
-      spec = nn.logical_to_mesh_axes(names, rules)
-      for dim, (size, axes) in enumerate(zip(leaf.value.shape, spec)):
-        axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-        shards = math.prod(mesh.shape[a] for a in axes)
-        if size % shards:
-          indivisible.append(f"{path}: dim {dim} ({names[dim]!r}, size {size}) over mesh axes {axes} "
-                             f"({shards} shards)")
+      _, changed = _fit(leaf.value.shape, nn.logical_to_mesh_axes(names, rules), mesh)
+      for dim, axes, _ in changed:
+        key = (names[dim], leaf.value.shape[dim], axes, math.prod(mesh.shape[a] for a in axes))
+        indivisible.setdefault(key, []).append(f"{path}: dim {dim}")
   if unknown:
     listing = ", ".join(f"{n!r} (e.g. on {p})" for n, p in sorted(unknown.items()))
     raise ValueError(
         f"Logical axis names without a rule in config.logical_axis_rules: {listing}. Add a rule for each, "
         f"e.g. ('{next(iter(sorted(unknown)))}', None) to replicate it; known names: {sorted(known)}.")
   if indivisible:
-    raise ValueError("Params whose sharded dimension does not divide the mesh: " + "; ".join(indivisible) +
-                     ". Change the mesh sizes (config.mesh), the model dims, or map that logical name to "
-                     "None in config.logical_axis_rules.")
+    lines = []
+    for (name, size, axes, shards), where in sorted(indivisible.items(), key=lambda kv: str(kv[0])):
+      where = sorted(where, key=len)
+      more = f" and {len(where) - 2} more" if len(where) > 2 else ""
+      lines.append(f"{name!r} (size {size}) over mesh axes {axes} ({shards} shards), on {'; '.join(where[:2])}{more}")
+    raise ValueError(
+        "Params whose sharded dimension does not divide the mesh: " + " | ".join(lines) + ". Change the mesh "
+        "sizes (config.mesh), the model dims, or map that logical name to None in config.logical_axis_rules; or "
+        "set config.mesh.indivisible='replicate' to shard such dims over the largest part of their mesh axes "
+        "that divides them (replicating the rest, which costs memory).")
 
 
-def state_shardings(abstract_tree, mesh: Mesh, rules: Rules):
+def state_shardings(abstract_tree, mesh: Mesh, rules: Rules, indivisible: str = "error"):
   """NamedShardings (same structure as the *unboxed* tree) for a boxed abstract tree.
 
   Leaves without logical names (step counters, optimizer counts, unannotated params) are replicated.
+  `indivisible`: "error" (default) when a sharded dim does not divide its mesh axes; "replicate" shards
+  it over the longest prefix of those axes that divides it and logs which params that touched.
   """
-  check_logical_names(abstract_tree, rules, mesh)
-  specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  if indivisible not in INDIVISIBLE:
+    raise ValueError(f"config.mesh.indivisible must be one of {INDIVISIBLE}, got {indivisible!r}.")
+  check_logical_names(abstract_tree, rules, mesh if indivisible == "error" else None)
+  touched = []
+
+  def leaf(path, x):
+    if not isinstance(x, nn.Partitioned):
+      return NamedSharding(mesh, PartitionSpec())
+    spec, changed = _fit(x.value.shape, nn.logical_to_mesh_axes(x.names, rules), mesh)
+    touched.extend(f"{_path_str(path)} dim {d} ({x.names[d]}: {a} -> {k or 'replicated'})" for d, a, k in changed)
+    return NamedSharding(mesh, spec)
+
+  out = jax.tree_util.tree_map_with_path(leaf, abstract_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  params_touched = [t for t in touched if t.startswith("params/")]
+  if params_touched:
+    logging.warning("config.mesh.indivisible='replicate': %d param dims sharded over fewer mesh axes than their "
+                    "rules say (they do not divide): %s", len(params_touched), "; ".join(params_touched[:8]) +
+                    (" ..." if len(params_touched) > 8 else ""))
+  return out
 
 
 def unannotated_params(abstract_tree) -> list[str]:

@@ -139,9 +139,14 @@ def test_unknown_and_indivisible_names():
     sharding.state_shardings(abstract, mesh, tuple(r for r in RULES if r[0] != "norm"))
   sharding.state_shardings(abstract, mesh, RULES)  # vocab 16 and mlp 32 split 8 ways: fine
   table = nn.Embed(12, 8, embedding_init=layers.embed_init())  # 12 entries cannot split 8 ways
-  with pytest.raises(ValueError, match=r"embedding: dim 0 \('vocab', size 12\) over mesh axes \('tensor',\) "
-                                       r"\(8 shards\).*map that logical name to None"):
+  with pytest.raises(ValueError, match=r"'vocab' \(size 12\) over mesh axes \('tensor',\) \(8 shards\), on "
+                                       r"embedding: dim 0.*map that logical name to None.*indivisible='replicate'"):
     sharding.state_shardings(_abstract(table, RULES), mesh, RULES)
+  # Opt-in: shard over the part of the axes that divides (here none of 'tensor'), and say so.
+  out = sharding.state_shardings(_abstract(table, RULES), mesh, RULES, indivisible="replicate")
+  assert jax.tree.leaves(out)[0].spec == P(None, "fsdp")  # 12 rows on tensor=8: replicated; embed keeps fsdp
+  with pytest.raises(ValueError, match="indivisible must be one of"):
+    sharding.state_shardings(_abstract(table, RULES), mesh, RULES, indivisible="pad")
 
 
 def test_eval_batches_replicate_when_they_do_not_split():

@@ -35,7 +35,7 @@ def test_unknown_mesh_axis_in_rules_is_an_error():
 def test_indivisible_sharded_dim_is_an_error():
   config = toy_task.toy_config()
   config.mesh.data, config.mesh.tensor = 1, 8  # 2 heads cannot split 8 ways
-  with pytest.raises(ValueError, match=r"does not divide the mesh.*'heads', size 2\) over mesh axes \('tensor',\)"):
+  with pytest.raises(ValueError, match=r"does not divide the mesh.*'heads' \(size 2\) over mesh axes \('tensor',\)"):
     trainer.build(config)
 
 
