@@ -107,14 +107,34 @@ def byte_owner(word_starts: jax.Array, word_lengths: jax.Array, num_bytes: int) 
   return safe, inside
 
 
-class WordPool(nn.Module):
-  """Learned-query cross-attention over the bytes of each word: h_enc [B, S, d_enc] -> [B, W, D].
+def pool_words_softmax(scores: jax.Array, values: jax.Array, word_starts: jax.Array, word_lengths: jax.Array
+                       ) -> jax.Array:
+  """Per-word softmax pooling: scores [B, S, H] and values [B, S, H, hd] of the bytes -> [B, W, H, hd], each
+  word the softmax(scores)-weighted mean of its own bytes' values; padding words (length 0) pool to zero.
 
-  Words are contiguous byte spans, so the per-word softmax is a segment softmax over the byte axis
-  (`jax.ops.segment_max` / `segment_sum` with each byte's word as its segment): memory and work are
-  linear in bytes + words, where a [B, S, W] membership mask would be quadratic in context (16,384
-  bytes x ~3,300 words x heads is ~0.9 GB per row for each float32 tensor of that shape).
+  A segment softmax over the byte axis (each byte's word is its segment, `jax.ops.segment_max` /
+  `segment_sum`): memory and work are linear in bytes + words, where a [B, S, W] membership mask would be
+  quadratic in context (16,384 bytes x ~3,300 words x heads is ~0.9 GB per row for each float32 tensor of
+  that shape, forward and backward).
   """
+  num_words = word_starts.shape[1]
+  owner, inside = byte_owner(word_starts, word_lengths, scores.shape[1])
+  segment = jnp.where(inside, owner, num_words)  # bytes outside every word go to a dropped segment
+
+  def per_row(scores, values, segment):  # [S, H], [S, H, hd], [S] -> [W, H, hd]
+    seg_max = jax.ops.segment_max(scores, segment, num_words + 1)
+    seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
+    weights = jnp.exp(scores - seg_max[segment])  # [S, H]
+    denom = jax.ops.segment_sum(weights, segment, num_words + 1)  # [W + 1, H]; 0 for padding words
+    total = jax.ops.segment_sum(weights[..., None].astype(values.dtype) * values, segment, num_words + 1)
+    return (total / jnp.maximum(denom, 1e-30)[..., None].astype(total.dtype))[:num_words]
+
+  return jax.vmap(per_row)(scores, values, segment)
+
+
+class WordPool(nn.Module):
+  """Learned-query cross-attention over the bytes of each word: h_enc [B, S, d_enc] -> [B, W, D]
+  (`pool_words_softmax`: linear in context)."""
 
   d_out: int
   num_heads: int
@@ -123,25 +143,13 @@ class WordPool(nn.Module):
   @nn.compact
   def __call__(self, h_enc: jax.Array, word_starts: jax.Array, word_lengths: jax.Array) -> jax.Array:
     head_dim = self.d_out // self.num_heads
-    num_words = word_starts.shape[1]
     query = self.param("latent_query", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", "head_dim")),
                        (self.num_heads, head_dim))
     kv = DenseND((2, self.num_heads, head_dim), ("embed", None, "heads", "head_dim"), dtype=self.dtype,
                  name="kv_proj")(RMSNorm(dtype=self.dtype, name="kv_norm")(h_enc))
     k, v = kv[:, :, 0], kv[:, :, 1]  # [B, S, H, hd]
-    owner, inside = byte_owner(word_starts, word_lengths, h_enc.shape[1])
-    segment = jnp.where(inside, owner, num_words)  # bytes outside every word go to a dropped segment
     scores = jnp.einsum("hd,bshd->bsh", query.astype(self.dtype), k).astype(jnp.float32) * head_dim**-0.5
-
-    def per_row(scores, v, segment):  # [S, H], [S, H, hd], [S] -> [W, H, hd]
-      seg_max = jax.ops.segment_max(scores, segment, num_words + 1, indices_are_sorted=False)
-      seg_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(seg_max), seg_max, 0.0))
-      weights = jnp.exp(scores - seg_max[segment])  # [S, H]
-      denom = jax.ops.segment_sum(weights, segment, num_words + 1)  # [W + 1, H]; 0 for padding words
-      total = jax.ops.segment_sum(weights[..., None].astype(self.dtype) * v, segment, num_words + 1)
-      return (total / jnp.maximum(denom, 1e-30)[..., None].astype(total.dtype))[:num_words]
-
-    pooled = jax.vmap(per_row)(scores, v, segment)  # [B, W, H, hd]; padding words pool to zero
+    pooled = pool_words_softmax(scores, v, word_starts, word_lengths)  # [B, W, H, hd]
     out = DenseND((self.d_out,), ("heads", "head_dim", "embed"), in_dims=2, dtype=self.dtype, name="o_proj")(
         pooled.astype(self.dtype))
     return nn.with_logical_constraint(out, ("batch", "length", "embed"))

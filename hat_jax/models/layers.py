@@ -415,3 +415,28 @@ def crop_caches(caches, amount: jax.Array):
 
 def embed_init():
   return nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed"))
+
+
+def scan_layer_params(tree):
+  """Params of unscanned stacks -> the scanned layout: every dict whose keys are exactly `layer_0` ..
+  `layer_{n-1}` becomes {"layers": the n subtrees stacked on a new leading axis}. Converts a checkpoint's
+  params (or optimizer moments) for `StackConfig.scan=True`; `unscan_layer_params` is the inverse."""
+  if not isinstance(tree, dict):
+    return tree
+  keys = set(tree)
+  n = len(keys)
+  if n and keys == {f"layer_{i}" for i in range(n)}:
+    layers = [scan_layer_params(tree[f"layer_{i}"]) for i in range(n)]
+    return {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+  return {k: scan_layer_params(v) for k, v in tree.items()}
+
+
+def unscan_layer_params(tree):
+  """The inverse of `scan_layer_params`: {"layers": stacked} -> {"layer_0": ..., "layer_{n-1}": ...}."""
+  if not isinstance(tree, dict):
+    return tree
+  if set(tree) == {"layers"}:
+    stacked = tree["layers"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    return {f"layer_{i}": unscan_layer_params(jax.tree.map(lambda x, i=i: x[i], stacked)) for i in range(n)}
+  return {k: unscan_layer_params(v) for k, v in tree.items()}

@@ -9,7 +9,7 @@ from hat_jax.generate.hat_sampler import HATSampler
 from hat_jax.generate.sampling import GREEDY, SamplingConfig
 from hat_jax.models import lm_metrics
 from hat_jax.models.bytes_lm import BytesLM, BytesLMConfig
-from hat_jax.models.hat import HAT, HATConfig, build_hat
+from hat_jax.models.hat import HAT, HATConfig, build_hat, byte_owner, pool_words_softmax
 from hat_jax.models.layers import StackConfig
 from tests import jit_helpers
 
@@ -179,3 +179,46 @@ def test_paper_variant_sampler_follows_its_own_uncached_forward():
     assert list(word) == expected[:len(word)].tolist()
     if len(word) < M:
       assert expected[len(word)] == END_OF_WORD
+
+
+# -- the word pool: linear segment softmax against the dense [B, S, W] formulation ------------------------
+
+
+def _dense_pool(scores, values, starts, lengths):
+  """The quadratic oracle: a [B, S, W] membership mask and a masked softmax over the byte axis."""
+  t = jnp.arange(scores.shape[1])[None, :, None]
+  member = (t >= starts[:, None, :]) & (t < (starts + lengths)[:, None, :])  # [B, S, W]
+  masked = jnp.where(member[..., None], scores[:, :, None, :], -jnp.inf)  # [B, S, W, H]
+  word_max = jax.lax.stop_gradient(jnp.max(masked, axis=1, keepdims=True))
+  weights = jnp.exp(masked - jnp.where(jnp.isfinite(word_max), word_max, 0.0))
+  denom = jnp.sum(weights, axis=1)
+  return jnp.einsum("bswh,bshd->bwhd", weights, values) / jnp.maximum(denom, 1e-30)[..., None]
+
+
+def test_byte_owner_maps_bytes_to_their_words():
+  starts = jnp.array([[0, 2, 5, 0, 0], [1, 4, 0, 0, 0]])  # row 1: byte 0 before the first word; padding words
+  lengths = jnp.array([[2, 3, 1, 0, 0], [3, 2, 0, 0, 0]])
+  owner, inside = byte_owner(starts, lengths, 8)
+  np.testing.assert_array_equal(jnp.where(inside, owner, -1),
+                                [[0, 0, 1, 1, 1, 2, -1, -1], [-1, 0, 0, 0, 1, 1, -1, -1]])
+
+
+def test_segment_softmax_pool_equals_dense_values_and_grads():
+  rng = np.random.default_rng(0)
+  starts = jnp.array([[0, 3, 4, 9, 0, 0], [0, 5, 6, 7, 8, 10]])  # ragged words, padding words, trailing pad bytes
+  lengths = jnp.array([[3, 1, 5, 2, 0, 0], [5, 1, 1, 1, 2, 2]])
+  scores = jnp.asarray(rng.normal(size=(2, 12, 3)) * 4, jnp.float32)
+  values = jnp.asarray(rng.normal(size=(2, 12, 3, 4)), jnp.float32)
+  cot = jnp.asarray(rng.normal(size=(2, 6, 3, 4)), jnp.float32)
+
+  def vjp(fn):
+    out, pull = jax.vjp(lambda s, v: fn(s, v, starts, lengths), scores, values)
+    return out, pull(cot)
+  (out, grads), (want, want_grads) = jax.jit(lambda: (vjp(pool_words_softmax), vjp(_dense_pool)))()
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out[0, 4:], 0.0)  # padding words pool to zero
+  for g, w in zip(grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  # Linear memory: nothing of shape [B, S, W, ...] in the program.
+  jaxpr = str(jax.make_jaxpr(lambda s, v: pool_words_softmax(s, v, starts, lengths))(scores, values))
+  assert "2,12,6" not in jaxpr.replace(" ", "")
