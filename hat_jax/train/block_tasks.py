@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from hat_jax.models.block_transformer import BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM
+from hat_jax.models.layers import empty_caches
 from hat_jax.train.task import Batch, Metrics, StepIndexedBatches, Task
 
 PAD_ID = 256  # = vocab_size for bytes
@@ -212,6 +213,10 @@ class _ByteTask(Task):
   def units_per_batch(self, batch: Batch) -> int:
     return int(np.sum(batch["loss_mask"]))
 
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    row = aligned_row([np.zeros(1, np.uint8)], int(self.config.data.seq_len), self.block_len, [0])
+    return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape, v.dtype) for k, v in row.items()}
+
   def sample(self, params, rng) -> str:
     """Continues `config.sample.prompt` by `config.sample.num_bytes` bytes with the jitted engine."""
     from hat_jax.generate.block_engine import generate
@@ -233,6 +238,25 @@ class BlockTransformerTask(_ByteTask):
     del rng
     return block_loss(self.model, params, batch)
 
+  def decode_steps(self, batch_size: int) -> dict[str, tuple]:
+    """The engine's steps (`hat_jax.generate.block_engine`): "block" = one block through the cached block
+    decoder (caches of a training row's blocks); "token" = one byte through the cached token decoder."""
+    cfg, model, b = self.model.cfg, self.model, batch_size
+    blocks = int(self.config.data.seq_len) // cfg.block_len
+    block_caches = jax.eval_shape(lambda: empty_caches(cfg.block_decoder, b, blocks, cfg.jnp_dtype))
+    token_caches = jax.eval_shape(lambda: empty_caches(cfg.token_decoder, b, cfg.token_context, cfg.jnp_dtype))
+    n_ctx = cfg.prefix_len if cfg.decoding == "prefix" else cfg.block_len
+    ctx_vecs = jax.ShapeDtypeStruct((b, n_ctx, cfg.token_decoder.d_model), cfg.jnp_dtype)
+
+    def block(params, blocks, caches):
+      return model.apply(params, blocks, caches, method=model.block_step)
+
+    def token(params, ctx_vecs, byte, caches):
+      return model.apply(params, ctx_vecs, byte, 1, caches, method=model.token_next)
+
+    return {"block": (block, (jax.ShapeDtypeStruct((b, 1, cfg.block_len), jnp.int32), block_caches)),
+            "token": (token, (ctx_vecs, jax.ShapeDtypeStruct((b,), jnp.int32), token_caches))}
+
 
 class VanillaLMTask(_ByteTask):
   def build_model(self, model_cfg):
@@ -241,6 +265,13 @@ class VanillaLMTask(_ByteTask):
   def loss(self, params, batch, rng) -> tuple[jax.Array, Metrics]:
     del rng
     return vanilla_loss(self.model, params, batch)
+
+  def decode_steps(self, batch_size: int) -> dict[str, tuple]:
+    """"token": one byte through the cached decoder, caches of a training row."""
+    cfg, model, b = self.model.cfg, self.model, batch_size
+    caches = jax.eval_shape(lambda: empty_caches(cfg.decoder, b, int(self.config.data.seq_len), cfg.jnp_dtype))
+    return {"token": (lambda params, tokens, caches: model.apply(params, tokens, caches=caches),
+                      (jax.ShapeDtypeStruct((b, 1), jnp.int32), caches))}
 
 
 TASKS: dict[str, type[Task]] = {"block_transformer": BlockTransformerTask, "vanilla_lm": VanillaLMTask}

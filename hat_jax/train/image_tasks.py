@@ -257,6 +257,16 @@ class _TokenizedTask(_ImageTask):
       self._vq_params = load_params(self.config.tokenizer.params_path)
     return self._vq_params
 
+  def stub_frozen_inputs(self) -> None:
+    """Zeros for the tokenizer's params (the loss reads its codebook and phi convs to build VAR's inputs)."""
+    shapes = jax.eval_shape(lambda: self.vq.init(jax.random.key(0), jnp.zeros(
+        (1, self.vq_cfg.image_size, self.vq_cfg.image_size, self.vq_cfg.channels), jnp.uint8)))
+    self._vq_params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), nn.unbox(shapes))
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {"tokens": jax.ShapeDtypeStruct((batch_size, self.vq_cfg.seq_len), jnp.int32),
+            "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
   def make_features(self, images, labels):
     vq_params = self.vq_params  # first: a missing tokenizer file gets its explanatory error
     # Keyed on the tokenizer file's content: a re-exported tokenizer at the same path re-tokenizes.
@@ -300,6 +310,19 @@ class VARTask(_TokenizedTask):
     logits = self.model.apply(params, jnp.asarray(batch["labels"]), x_in)
     return token_metrics(logits, tokens, self.vq_cfg.image_size ** 2 * self.vq_cfg.channels,
                          self.var_cfg.scale_slice(len(self.var_cfg.scales) - 1))
+
+  def decode_steps(self, batch_size: int) -> dict[str, tuple]:
+    """"last_scale": the sampler's largest step, the last scale through the cached blocks with the
+    classifier-free-guidance batch doubled ([labels; null])."""
+    cfg, model, b = self.var_cfg, self.model, 2 * batch_size
+    k = len(cfg.scales) - 1
+    caches = jax.eval_shape(lambda: model.empty_caches(b))
+
+    def last_scale(params, labels, x_k, caches):
+      return model.apply(params, labels, x_k, k, caches, method=var_lib.VAR.step)
+
+    return {"last_scale": (last_scale, (jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct(
+        (b, cfg.scales[k] ** 2, cfg.z_channels), jnp.float32), caches))}
 
   def sample(self, params, rng) -> str:
     s = self.config.sample

@@ -115,6 +115,9 @@ class ByteLMTask(Task):
                                     d.eval_batch_size, d.eval_batches)
     return pipeline.eval_batches(self.rows("validation"), d.eval_batch_size, d.eval_batches)
 
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype) for k, v in self.dummy_batch().items()}
+
   def dummy_batch(self) -> dict[str, np.ndarray]:
     row = pipeline.make_row(pipeline.encode_documents([b"hello world"], self.splitter),
                             np.array([0, 1, 6, 12, 13]), 0, 4, self.config.data.seq_bytes, self.config.data.seq_words)
@@ -147,6 +150,50 @@ class HATTask(ByteLMTask):
     del rng  # no dropout
     return self.model.apply(params, batch, method=self.model.loss_and_metrics)
 
+  def decode_steps(self, batch_size: int) -> dict[str, tuple]:
+    """The samplers' device steps (`hat_jax.generate.hat_sampler`), with caches of one training row.
+
+    tfree: "byte" = the new byte through the cached encoder and decoder; "word" = pool a finished word
+    from the byte history and take one backbone step. paper: "word" = encode a finished word and take one
+    backbone step; "decode_word" = the per-word decoder over one word (no cache: words are short).
+    """
+    from hat_jax.models.hat import HAT, PaperHAT, empty_caches
+    from hat_jax.models.layers import empty_caches as stack_caches
+
+    cfg, d, model = self.model_cfg, self.config.data, self.model
+    b, m, dt = batch_size, cfg.max_word_bytes, cfg.jnp_dtype
+    enc_d, bb_d = cfg.encoder.d_model, cfg.backbone.d_model
+    ints = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
+    floats = lambda *shape: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
+    if cfg.variant == "paper":
+      caches = jax.eval_shape(lambda: stack_caches(cfg.backbone, b, d.seq_words, dt))
+
+      def word(params, ids, mask, word_pos, valid, caches):
+        emb = model.apply(params, ids, mask, method=PaperHAT.encode_words)
+        return model.apply(params, emb, word_pos, valid, caches, method=PaperHAT.backbone)
+
+      def decode_word(params, prev, ids):
+        return model.apply(params, prev, ids, method=PaperHAT.decode_words)
+
+      mask = jax.ShapeDtypeStruct((b, 1, m), jnp.bool_)
+      return {"word": (word, (ints(b, 1, m), mask, ints(b, 1), ints(b, 1), caches)),
+              "decode_word": (decode_word, (floats(b, 1, bb_d), ints(b, 1, m)))}
+    caches = jax.eval_shape(lambda: empty_caches(cfg, b, d.seq_bytes, d.seq_words))
+
+    def byte(params, new, pos, seg, guide, enc_caches, dec_caches):
+      h, enc_caches = model.apply(params, new, pos, seg, enc_caches, method=HAT.encode)
+      logits, dec_caches = model.apply(params, h, guide, pos, seg, dec_caches, method=HAT.decode)
+      return logits, enc_caches, dec_caches
+
+    def word(params, h_hist, starts, lengths, word_pos, valid, caches):
+      emb = model.apply(params, h_hist, starts, lengths, method=HAT.pool_words)
+      return model.apply(params, emb, word_pos, valid, caches, method=HAT.backbone)
+
+    return {"byte": (byte, (ints(b, 1), ints(b, 1), ints(b, 1), floats(b, 1, bb_d), caches["encoder"],
+                            caches["decoder"])),
+            "word": (word, (floats(b, d.seq_bytes, enc_d), ints(b, 1), ints(b, 1), ints(b, 1), ints(b, 1),
+                            caches["backbone"]))}
+
   def sample(self, params, rng) -> str:
     from hat_jax.generate.hat_sampler import HATSampler, PaperHATSampler
 
@@ -174,6 +221,16 @@ class BytesTask(ByteLMTask):
   def loss(self, params, batch, rng):
     del rng
     return self.model.apply(params, batch, method=self.model.loss_and_metrics)
+
+  def decode_steps(self, batch_size: int) -> dict[str, tuple]:
+    """"byte": one byte through the cached stack (`hat_jax.generate.bytes_sampler`)."""
+    from hat_jax.models.layers import empty_caches
+
+    stack, model, b = self.model_cfg.stack, self.model, batch_size
+    caches = jax.eval_shape(lambda: empty_caches(stack, b, self.config.data.seq_bytes, jnp.dtype(self.model_cfg.dtype)))
+    ints = jax.ShapeDtypeStruct((b, 1), jnp.int32)
+    return {"byte": (lambda params, ids, pos, seg, caches: model.apply(params, ids, pos, seg, caches),
+                     (ints, ints, ints, caches))}
 
   def sample(self, params, rng) -> str:
     from hat_jax.generate.bytes_sampler import generate_bytes

@@ -13,6 +13,8 @@ Contract:
     satisfies this). Batches are dicts of numpy arrays with a leading per-process batch dimension.
   * `eval_batches()` yields a fixed, finite list of batches (same every call).
   * `units_per_batch(batch)` counts the throughput unit (`unit`, e.g. "bytes") in a batch.
+  * `batch_spec`, `stub_frozen_inputs` and `decode_steps` describe the steps by shape alone, for
+    compiling them for a topology that is not present (`hat_jax.aot`, `tools/aot_compile.py`).
 """
 
 from __future__ import annotations
@@ -102,6 +104,24 @@ class Task(abc.ABC):
     raise NotImplementedError(f"task {self.config.task!r} has no sampler.")
 
   sum_metrics: tuple[str, ...] = ()
+
+  # -- ahead-of-time compilation (hat_jax.aot): shapes only, no data ---------------------------------
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape and dtype of every array of a training batch of `batch_size` rows, without reading data."""
+    raise NotImplementedError(f"{type(self).__name__} does not describe its batches (Task.batch_spec), so it "
+                              "cannot be compiled ahead of time.")
+
+  def stub_frozen_inputs(self) -> None:
+    """Replace what `loss` reads from files besides the batch (a frozen tokenizer's params) by zeros of the
+    right shapes, so that the step compiles without those files. No-op for tasks that read none."""
+
+  def decode_steps(self, batch_size: int) -> dict[str, tuple[Any, tuple]]:
+    """The cached generation steps, for ahead-of-time compilation: name -> (fn(params, *args), abstract
+    args), each one step of the sampler on `batch_size` rows with KV caches as large as a training row.
+    Empty for tasks without cached generation."""
+    del batch_size
+    return {}
 
   def eval_iterator(self) -> Iterator[Batch]:
     return iter(self.eval_batches())

@@ -75,12 +75,10 @@ class Run:
   init_fn: Callable[[jax.Array], State]  # jitted, returns sharded state
   num_params: int
 
-  constrain_activations: bool = True  # False: rules only, no mesh in context (see _probe_mesh_context)
-
   def use_mesh(self):
-    if self.constrain_activations:
-      return sharding.use_mesh(self.mesh, self.rules)
-    return nn.logical_axis_rules(self.rules)
+    """Mesh and logical rules in context: activation constraints apply, and Pallas kernels run per device
+    (`hat_jax.kernels.sharded`)."""
+    return sharding.use_mesh(self.mesh, self.rules)
 
   def rng(self, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(int(self.config.seed)), stream)
@@ -111,12 +109,11 @@ def build(config, devices=None) -> Run:
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
   params_rng = jax.random.fold_in(jax.random.key(int(config.seed)), _PARAMS_STREAM)
-  # Init runs under the logical rules but *without* a mesh in context: flax's DenseGeneral reshapes a
-  # boxed multi-dim kernel through a rank-2 constraint that fails under a mesh (flax 0.12). Placement
-  # comes from `out_shardings`, so nothing is lost.
+  # Init runs under the logical rules but without a mesh in context: placement comes from
+  # `out_shardings`, and initialisers need no activation constraints.
   with nn.logical_axis_rules(rules):
     abstract_boxed = jax.eval_shape(init_boxed, params_rng)
-  shardings = sharding.state_shardings(abstract_boxed, mesh, rules)
+  shardings = sharding.state_shardings(abstract_boxed, mesh, rules, str(config.mesh.get("indivisible", "error")))
   abstract = nn.unbox(abstract_boxed)
   unannotated = sharding.unannotated_params(abstract_boxed["params"])
   if unannotated:
@@ -127,38 +124,7 @@ def build(config, devices=None) -> Run:
   def init_fn(rng):
     with nn.logical_axis_rules(rules):
       return jitted_init(rng)
-  run = Run(config, task, mesh, rules, tx, schedule, abstract, shardings, init_fn, num_params)
-  _probe_mesh_context(run)
-  return run
-
-
-# flax 0.12's DenseGeneral initialises a multi-dim kernel at a flattened rank-2 shape and unboxes it
-# through the kernel's (rank-3) logical constraint; under a mesh this fails at trace time, in apply
-# too (flax re-traces the initialiser to check shapes). Until the model code avoids that pattern, such
-# models run with logical rules but no mesh in context: param and batch shardings still hold (jit
-# in/out shardings) and XLA propagates the rest, but activation constraints are skipped.
-_FLAX_DENSE_GENERAL_BUG = "is only valid for values of rank at least"
-
-
-def _probe_mesh_context(run: Run) -> None:
-  batches = run.task.eval_batches()
-  batch = next(iter(batches), None)
-  if batch is None:
-    return
-  abstract_batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-                                          batch)
-  try:
-    with sharding.use_mesh(run.mesh, run.rules):
-      jax.eval_shape(lambda p, b: run.task.loss(p, b, run.rng(_EVAL_STREAM)), run.abstract_state["params"],
-                     abstract_batch)
-  except ValueError as e:
-    if _FLAX_DENSE_GENERAL_BUG not in str(e):
-      raise
-    run.constrain_activations = False
-    logging.warning(
-        "The model cannot be traced with a mesh in context (flax DenseGeneral with a multi-dim, logically "
-        "partitioned kernel: %s). Training without activation sharding constraints; params and batches are "
-        "still sharded. Fix: build such kernels with self.param(..., full shape) + einsum.", e)
+  return Run(config, task, mesh, rules, tx, schedule, abstract, shardings, init_fn, num_params)
 
 
 def _global_norm(tree) -> jax.Array:
@@ -167,7 +133,7 @@ def _global_norm(tree) -> jax.Array:
   return tree_lib.norm(tree) if hasattr(tree_lib, "norm") else optax.global_norm(tree)
 
 
-def _make_train_step(run: Run, batch_shardings):
+def make_train_step(run: Run, batch_shardings):
   task, tx, seed = run.task, run.tx, int(run.config.seed)
 
   def train_step(state: State, batch) -> tuple[State, dict]:
@@ -188,7 +154,7 @@ def _make_train_step(run: Run, batch_shardings):
 
 def _compile_train_step(run: Run, state: State, global_batch, writer: metrics_lib.MetricWriter):
   """Compile ahead of time (once): report XLA-counted and analytic FLOPs and per-device memory before step 0."""
-  jitted = _make_train_step(run, jax.tree_util.tree_map(lambda x: x.sharding, global_batch))
+  jitted = make_train_step(run, jax.tree_util.tree_map(lambda x: x.sharding, global_batch))
   compiled = jitted.lower(state, global_batch).compile()
   per_device = metrics_lib.compiled_flops(compiled)
   peak = metrics_lib.device_peak_flops(jax.devices()[0].device_kind)
