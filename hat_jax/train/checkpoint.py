@@ -131,6 +131,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    self._check_params_match(step, abstract_state)
     items = {"state": ocp.args.PyTreeRestore(
         abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
     stored = set(self._item_names(step))
@@ -138,6 +139,37 @@ class Checkpointer:
       items["data"] = DataStateRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return step, restored["state"], (restored["data"] if "data" in items else None)
+
+  def _check_params_match(self, step: int, abstract_state: Any) -> None:
+    """The stored params must have the target's paths. Scanned and unscanned stacks
+    (`StackConfig.scan`) name their params differently (`.../layers/...` with a leading layer axis vs
+    `.../layer_0/...`): restoring one into the other must stop with the fix, not load the wrong layout."""
+    if not isinstance(abstract_state, dict) or "params" not in abstract_state:
+      return
+    try:
+      stored_tree = self._manager.item_metadata(step)["state"].tree
+    except Exception:  # pylint: disable=broad-except  # no metadata to compare: orbax's own checks remain
+      return
+    if not isinstance(stored_tree, dict) or "params" not in stored_tree:
+      return
+    stored, target = _param_paths(stored_tree["params"]), _param_paths(abstract_state["params"])
+    if stored == target:
+      return
+    missing, unexpected = sorted(target - stored), sorted(stored - target)
+    where = f"The checkpoint at step {step} in {self.directory}"
+    scanned_stored = any("/layers/" in f"/{p}/" for p in stored)
+    scanned_target = any("/layers/" in f"/{p}/" for p in target)
+    if scanned_stored != scanned_target:
+      raise ValueError(
+          f"{where} was written with {'scanned' if scanned_stored else 'unscanned'} layers, but this config "
+          f"builds {'scanned' if scanned_target else 'unscanned'} ones (e.g. the checkpoint has "
+          f"{(unexpected or ['?'])[0]!r}, this model expects {(missing or ['?'])[0]!r}). Set model.<stack>.scan="
+          f"{scanned_stored} for the stacks as when it was written, or convert the params with "
+          f"hat_jax.models.layers.{'unscan' if scanned_stored else 'scan'}_layer_params.")
+    raise ValueError(
+        f"{where} does not hold this model's params: {len(missing)} missing (e.g. {missing[:3]}), "
+        f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}). Resume with the config it was written with "
+        f"(saved next to it, checkpoints/<step>/config), or start a fresh --workdir.")
 
   def restore_config(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
@@ -159,6 +191,12 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _param_paths(tree) -> set[str]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+          for path, _ in leaves}
 
 
 def _config_to_json(config) -> dict:
