@@ -235,3 +235,45 @@ def stack_settings(model_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
       out[key] = {"layers": int(value["num_layers"]), "scan": bool(value.get("scan", False)),
                   "remat": str(value.get("remat", "none"))}
   return out
+
+
+def run(config, topology_name: str, *, num_slices: int = 1, batch_size: int | None = None,
+        decode_batch: int | None = None, decode: bool = True, log=print) -> dict[str, Any]:
+  """Compile `config`'s train step (and decode steps) for a TPU topology; returns the JSON-able report.
+
+  batch_size: global rows per step (default config.train.batch_size); decode_batch: rows per decode step
+  (default one per batch shard). `report["ok"]` is False when a step does not compile or does not fit.
+  """
+  from hat_jax import topology as topology_lib  # pylint: disable=g-import-not-at-top
+
+  spec = topology_lib.parse_topology(topology_name, num_slices)
+  devices = topology_lib.devices(spec)
+  hw = spec.hardware
+  hardware = Hardware(hw.hbm_bytes, hw.peak_flops, hw.hbm_bandwidth)
+  log(f"[aot] {spec.name}: {spec.topology_name} x {spec.num_slices} slice(s) = {spec.num_chips} chips "
+      f"({devices[0].device_kind}), {hw.hbm_bytes / 2**30:.1f} GiB HBM and {hw.peak_flops / 1e12:.0f} TFLOP/s bf16 "
+      "per chip")
+  run_ = trainer.build(config, devices=devices)
+  batch_size = int(config.train.batch_size) if batch_size is None else int(batch_size)
+  shards = sharding.batch_shards(run_.mesh, run_.rules)
+  decode_batch = shards if decode_batch is None else int(decode_batch)
+  log(f"[aot] {type(run_.task).__name__}: {run_.num_params:,} params, mesh {dict(run_.mesh.shape)}, global batch "
+      f"{batch_size}")
+  steps = [compile_train_step(run_, batch_size, hardware, log)]
+  if decode:
+    steps += compile_decode_steps(run_, decode_batch, hardware, log)
+  model = config.model
+  return {
+      "topology": spec.name, "topology_name": spec.topology_name, "num_slices": spec.num_slices,
+      "chips": spec.num_chips, "device_kind": devices[0].device_kind,
+      "hardware": {"hbm_bytes": hw.hbm_bytes, "peak_bf16_flops": hw.peak_flops, "hbm_bandwidth": hw.hbm_bandwidth,
+                   "source": hw.source},
+      "task": str(config.task), "params": run_.num_params, "mesh": {k: int(v) for k, v in run_.mesh.shape.items()},
+      "global_batch": batch_size, "decode_batch": decode_batch,
+      "batch_shapes": {k: list(v.shape) for k, v in run_.task.batch_spec(batch_size).items()},
+      "attention_impl": str(model.get("attention_impl", "?")), "dtype": str(model.get("dtype", "float32")),
+      "param_dtype": str(config.train.get("param_dtype", "float32")), "stacks": stack_settings(model),
+      "estimate_basis": ESTIMATE_BASIS,
+      "steps": [dataclasses.asdict(s) | {"ok": s.ok} for s in steps],
+      "ok": all(s.ok for s in steps),
+  }
