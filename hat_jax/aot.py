@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 import traceback
 from collections.abc import Mapping
@@ -68,6 +69,7 @@ class StepReport:
   model_flops: float | None = None  # analytic, per chip (train step only)
   estimated_seconds: float | None = None
   implied_mfu: float | None = None
+  kernel_calls: int | None = None  # Pallas kernels in the compiled program (Mosaic / Triton custom calls)
 
   @property
   def ok(self) -> bool:
@@ -112,7 +114,13 @@ def with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+# How a Pallas kernel appears in a compiled program: Mosaic (TPU) and Triton (GPU) custom calls.
+KERNEL_MARKERS = ("tpu_custom_call", "__gpu$xla.gpu.triton")
+
+
 def _analyse(report: StepReport, compiled, hardware: Hardware, model_flops: float | None) -> None:
+  text = compiled.as_text() or ""
+  report.kernel_calls = sum(text.count(f'custom_call_target="{m}"') for m in KERNEL_MARKERS)
   stats = compiled.memory_analysis()
   if stats is not None:
     report.memory = {
@@ -144,6 +152,17 @@ def _analyse(report: StepReport, compiled, hardware: Hardware, model_flops: floa
       report.implied_mfu = model_flops / (report.estimated_seconds * hardware.peak_flops)
 
 
+# "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (96.70G)
+# exceeds available HBM (15.75G)." (XLA TPU, compile time)
+_OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED.*?memory.*?\(([\d.]+[KMGT]?)\).*?available HBM \(([\d.]+[KMGT]?)\)",
+                            re.DOTALL)
+
+
+def _parse_bytes(text: str) -> float:
+  units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+  return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+
+
 def _compile(name: str, lower, hardware: Hardware, model_flops: float | None = None,
              log=print) -> StepReport:
   log(f"[aot] compiling {name} ...")
@@ -153,8 +172,15 @@ def _compile(name: str, lower, hardware: Hardware, model_flops: float | None = N
   except Exception as e:  # pylint: disable=broad-except  # any compiler error is a result to report
     seconds = time.perf_counter() - start
     message = f"{type(e).__name__}: {e}".strip()
-    log(f"[aot] {name}: FAILED after {seconds:.1f}s: {message.splitlines()[0][:400]}")
-    return StepReport(name, False, seconds, error=message[:4000] + ("\n" + traceback.format_exc()[-2000:]))
+    report = StepReport(name, False, seconds, error=message[:4000] + ("\n" + traceback.format_exc()[-2000:]),
+                        hbm_bytes=hardware.hbm_bytes)
+    oom = _OUT_OF_MEMORY.search(message)
+    if oom:  # XLA's TPU compiler checks the chip's HBM itself: a program that cannot fit does not compile
+      report.fits = False
+      report.peak_bytes = _parse_bytes(oom.group(1))
+      report.hbm_bytes = _parse_bytes(oom.group(2))
+    log(f"[aot] {name}: {'DOES NOT FIT' if oom else 'FAILED'} after {seconds:.1f}s: {message.splitlines()[0][:400]}")
+    return report
   report = StepReport(name, True, time.perf_counter() - start)
   _analyse(report, compiled, hardware, model_flops)
   log(f"[aot] {name}: compiled in {report.compile_seconds:.1f}s; {describe(report)}")
@@ -176,6 +202,8 @@ def describe(report: StepReport) -> str:
     parts.append(f"est. {report.estimated_seconds * 1e3:.1f} ms/step")
   if report.implied_mfu:
     parts.append(f"est. MFU {100 * report.implied_mfu:.1f}%")
+  if report.kernel_calls:
+    parts.append(f"{report.kernel_calls} Pallas kernel calls")
   return ", ".join(parts)
 
 

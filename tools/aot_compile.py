@@ -56,10 +56,11 @@ def summary(report: dict) -> str:
         f"{_gib(m.get('outputs')):>8} {_gib(m.get('temporaries')):>9} {_gib(s['peak_bytes']):>9} "
         f"{_gib(s['hbm_bytes']):>8} {(s['xla_flops'] or 0) / 1e12:>10.2f} {(s['xla_bytes_accessed'] or 0) / 1e9:>8.1f} "
         f"{(s['estimated_seconds'] or 0) * 1e3:>9.1f} {mfu:>9}")
-    if s["error"]:
+    if s["fits"] is False:
+      lines.append(f"    does not fit: needs {_gib(s['peak_bytes'])} GiB per chip, the chip has {_gib(s['hbm_bytes'])}"
+                   + (" (XLA's own check)" if not s["compiled"] else ""))
+    elif s["error"]:
       lines.append(f"    error: {s['error'].splitlines()[0][:300]}")
-    elif s["fits"] is False:
-      lines.append(f"    does not fit: needs {_gib(s['peak_bytes'])} GiB per chip, the chip has {_gib(s['hbm_bytes'])}")
   lines.append(f"estimates: {report['estimate_basis']}")
   return "\n".join(lines)
 
@@ -86,9 +87,8 @@ def main(argv) -> int:
       json.dump(report, f, indent=1)
     print(f"[aot] wrote {_JSON.value}")
   if not report["ok"]:
-    bad = [s["name"] for s in report["steps"] if not s["ok"]]
-    print(f"ERROR: {', '.join(bad)} did not {'compile' if any(not s['compiled'] for s in report['steps']) else 'fit'} "
-          f"for {report['topology']}; see above.", file=sys.stderr, flush=True)
+    bad = [f"{s['name']} does not {'fit' if s['fits'] is False else 'compile'}" for s in report["steps"] if not s["ok"]]
+    print(f"ERROR: on {report['topology']}: {'; '.join(bad)} (see above).", file=sys.stderr, flush=True)
     return 1
   return 0
 
