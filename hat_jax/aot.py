@@ -15,6 +15,9 @@ roofline step-time ESTIMATE: max(compute time at peak, HBM traffic at peak bandw
 collectives, overlap and kernel efficiency. XLA counts a Pallas call as zero FLOPs, so compute time uses
 the larger of XLA's count and the analytic model FLOPs (`hat_jax.train.flops`, no remat); the implied
 MFU is model FLOPs over (estimated time x peak). Estimates are labelled as such everywhere they appear.
+XLA's cost analysis counts a while loop's body once: for scanned stacks (`StackConfig.scan`) its FLOPs
+and bytes are those of one layer per loop, not of the step. The compute term is then the analytic count
+(every layer), and the HBM term is a lower bound.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from hat_jax.train import flops as flops_lib
 from hat_jax.train import trainer
 
 ESTIMATE_BASIS = ("roofline estimate: max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) per chip, with FLOPs "
-                  "the larger of XLA's count (Pallas calls count 0) and the analytic model FLOPs; ignores "
-                  "collectives, overlap and kernel efficiency")
+                  "the larger of XLA's count (Pallas calls count 0; a scanned loop's body counts once) and the "
+                  "analytic model FLOPs; ignores collectives, overlap and kernel efficiency")
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ Per run directory (`workdir`): `checkpoints/<step>/{state,data,config}` (see `ch
 `metrics.jsonl` and `tensorboard/` (process 0 only). Train metrics are window means over
 `log_every` steps plus `<count>_per_sec` for each of `task.throughput_counts`, `steps_per_sec`,
 `tflops_per_sec_per_device` (XLA-counted) and `hfu` on known accelerators, and for tasks with an
-analytic count (`hat_jax.train.flops`: hat, bytes) `model_tflops_per_sec_per_device` and `mfu`; eval metrics are means
+analytic count (`hat_jax.train.flops`: hat, bytes, block_transformer, vanilla_lm, var) `model_tflops_per_sec_per_device` and `mfu`; eval metrics are means
 over `task.eval_batches()` except `task.sum_metrics`, which are summed.
 
 Failure handling: a non-finite loss or gradient norm raises FloatingPointError naming the step, and
