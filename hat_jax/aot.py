@@ -13,8 +13,8 @@ say what it needs per chip. Nothing is allocated: state, batches and caches are 
 Every report carries XLA's numbers (per chip), the chip's HBM and whether the program fits it, and a
 roofline step-time ESTIMATE: max(compute time at peak, HBM traffic at peak bandwidth), ignoring
 collectives, overlap and kernel efficiency. XLA counts a Pallas call as zero FLOPs, so compute time uses
-the larger of XLA's count and the analytic model FLOPs (`hat_jax.train.flops`, no remat); the implied
-MFU is model FLOPs over (estimated time x peak). Estimates are labelled as such everywhere they appear.
+the larger of XLA's count and the analytic hardware FLOPs (`hat_jax.train.flops` model FLOPs plus one
+forward per fully rematerialised stack); the implied MFU is model FLOPs over (estimated time x peak). Estimates are labelled as such everywhere they appear.
 XLA's cost analysis counts a while loop's body once: for scanned stacks (`StackConfig.scan`) its FLOPs
 and bytes are those of one layer per loop, not of the step. The compute term is then the analytic count
 (every layer), and the HBM term is a lower bound.
@@ -41,7 +41,8 @@ from hat_jax.train import trainer
 
 ESTIMATE_BASIS = ("roofline estimate: max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) per chip, with FLOPs "
                   "the larger of XLA's count (Pallas calls count 0; a scanned loop's body counts once) and the "
-                  "analytic model FLOPs; ignores collectives, overlap and kernel efficiency")
+                  "analytic model FLOPs plus one forward per fully rematerialised stack; ignores collectives, "
+                  "overlap and kernel efficiency, so the time is a lower bound and the MFU an upper bound")
 
 
 @dataclasses.dataclass
@@ -70,6 +71,7 @@ class StepReport:
   xla_bytes_accessed: float | None = None
   xla_optimal_seconds: float | None = None
   model_flops: float | None = None  # analytic, per chip (train step only)
+  hardware_flops: float | None = None  # model FLOPs + what remat recomputes (estimate), per chip
   estimated_seconds: float | None = None
   implied_mfu: float | None = None
   kernel_calls: int | None = None  # Pallas kernels in the compiled program (Mosaic / Triton custom calls)
@@ -121,7 +123,8 @@ def with_shardings(tree, shardings):
 KERNEL_MARKERS = ("tpu_custom_call", "__gpu$xla.gpu.triton")
 
 
-def _analyse(report: StepReport, compiled, hardware: Hardware, model_flops: float | None) -> None:
+def _analyse(report: StepReport, compiled, hardware: Hardware, model_flops: float | None,
+             hardware_flops: float | None = None) -> None:
   text = compiled.as_text() or ""
   report.kernel_calls = sum(text.count(f'custom_call_target="{m}"') for m in KERNEL_MARKERS)
   stats = compiled.memory_analysis()
@@ -143,7 +146,8 @@ def _analyse(report: StepReport, compiled, hardware: Hardware, model_flops: floa
   report.xla_bytes_accessed = float(cost["bytes accessed"]) if cost.get("bytes accessed") else None
   report.xla_optimal_seconds = float(cost["optimal_seconds"]) if cost.get("optimal_seconds") else None
   report.model_flops = model_flops
-  flops = max(report.xla_flops or 0.0, model_flops or 0.0)
+  report.hardware_flops = hardware_flops
+  flops = max(report.xla_flops or 0.0, hardware_flops or model_flops or 0.0)
   times = []
   if hardware.peak_flops and flops:
     times.append(flops / hardware.peak_flops)
@@ -167,7 +171,7 @@ def _parse_bytes(text: str) -> float:
 
 
 def _compile(name: str, lower, hardware: Hardware, model_flops: float | None = None,
-             log=print) -> StepReport:
+             log=print, hardware_flops: float | None = None) -> StepReport:
   log(f"[aot] compiling {name} ...")
   start = time.perf_counter()
   try:
@@ -185,7 +189,7 @@ def _compile(name: str, lower, hardware: Hardware, model_flops: float | None = N
     log(f"[aot] {name}: {'DOES NOT FIT' if oom else 'FAILED'} after {seconds:.1f}s: {message.splitlines()[0][:400]}")
     return report
   report = StepReport(name, True, time.perf_counter() - start)
-  _analyse(report, compiled, hardware, model_flops)
+  _analyse(report, compiled, hardware, model_flops, hardware_flops)
   log(f"[aot] {name}: compiled in {report.compile_seconds:.1f}s; {describe(report)}")
   return report
 
@@ -234,13 +238,38 @@ def compile_train_step(run: trainer.Run, batch_size: int, hardware: Hardware, lo
   batch = abstract_batch(run, batch_size)
   state = abstract_state(run)
   step = trainer.make_train_step(run, jax.tree.map(lambda x: x.sharding, batch))
-  model_flops = flops_lib.step_flops_or_none(run.config, batch)
-  per_chip = None if model_flops is None else model_flops / run.mesh.devices.size
+  chips = run.mesh.devices.size
+  model_flops, hardware_flops = train_flops(run.config, batch)
 
   def lower():
     with run.use_mesh():
       return step.lower(state, batch)
-  return _compile("train", lower, hardware, per_chip, log)
+  report = _compile("train", lower, hardware, None if model_flops is None else model_flops / chips, log,
+                    None if hardware_flops is None else hardware_flops / chips)
+  return report
+
+
+def train_flops(config, batch) -> tuple[float | None, float | None]:
+  """(model FLOPs, estimated hardware FLOPs) of one training step, or (None, None) without a formula.
+
+  Hardware FLOPs add what rematerialisation recomputes: one more forward of every stack with
+  remat="full". "save_dots" policies keep the matmul outputs, so they recompute (almost) no FLOPs in
+  this convention ("save_dots_no_batch" also recomputes attention's q.k and p.v, not modelled)."""
+  try:
+    counts = flops_lib.training_flops(config, batch)
+  except (ValueError, KeyError, TypeError):
+    return None, None
+  stacks = stack_settings(config.model)
+  extra = 0.0
+  for key, value in counts.items():
+    if not key.startswith("forward/"):
+      continue
+    level = key.split("/", 1)[1]
+    stack = stacks.get(level) or (next(iter(stacks.values())) if len(stacks) == 1 and level in ("stack", "blocks")
+                                  else None)
+    if stack and stack["remat"] == "full":
+      extra += value
+  return counts["train"], counts["train"] + extra
 
 
 def compile_decode_steps(run: trainer.Run, batch_size: int, hardware: Hardware, log=print) -> list[StepReport]:

@@ -63,6 +63,14 @@ def test_paper_hat_block_transformer_and_var_compile_with_mosaic_kernels():
     _assert_compiled_with_kernels(report, ("train",) + decode)
 
 
+def test_multi_slice_mesh_compiles():
+  """Two v5e:2x2 slices (DCN between them), data parallel across slices: the hybrid mesh and the
+  per-device kernels compile."""
+  report = aot.run(_pallas(hat.get_config("test,corpus=toy"), dcn_data=2), "v5e:2x2", num_slices=2, batch_size=8)
+  assert report["chips"] == 8 and report["num_slices"] == 2 and report["mesh"]["data"] == 8
+  _assert_compiled_with_kernels(report)
+
+
 def _cli(*args):
   env = {**os.environ, "PYTHONPATH": ROOT}
   env.pop("XLA_FLAGS", None)  # the tool compiles for TPU; the 8 forced CPU devices are the tests' own
