@@ -152,3 +152,30 @@ def _update(block: ml_collections.ConfigDict, overrides: dict, where: str) -> No
     raise ValueError(f"Unknown {where} fields {unknown}; known: {sorted(block.keys())}.")
   for key, value in overrides.items():
     block[key] = value
+
+
+# -- paper-scale (pod) building blocks -------------------------------------------------------------------
+
+
+def swiglu_dim(d_model: int, multiple: int = 8) -> int:
+  """SwiGLU hidden width with the parameters of a 4 x d two-matrix MLP (3 * d * m = 8 * d^2), rounded."""
+  return max(multiple, int(round(8 * d_model / 3 / multiple)) * multiple)
+
+
+def pod_stack(d_model: int, num_layers: int, num_heads: int, *, num_kv_heads: int | None = None,
+              head_dim: int = 128, mlp_dim: int | None = None, window: int | None = None,
+              rope_theta: float = 10_000.0, norm_eps: float = 1e-6, qk_norm: bool = False,
+              remat: str = "full") -> ml_collections.ConfigDict:
+  """A StackConfig dict for paper-scale runs (configs/hat_paper.py, tfree_hat.py, the paper sizes of
+  block_transformer.py, vanilla_lm.py and var.py): MHA by default, SwiGLU of 8/3 x width, scanned when it has
+  more than two layers, full remat by default."""
+  return ml_collections.ConfigDict(dict(
+      d_model=d_model, num_layers=num_layers, num_heads=num_heads,
+      num_kv_heads=num_heads if num_kv_heads is None else num_kv_heads, head_dim=head_dim,
+      mlp_dim=swiglu_dim(d_model) if mlp_dim is None else mlp_dim, window=window, rope_theta=rope_theta,
+      qk_norm=qk_norm, norm_eps=norm_eps, scan=num_layers > 2, remat=remat))
+
+
+def pod_mesh() -> ml_collections.ConfigDict:
+  """Pure FSDP: every device on `fsdp` (params, optimizer state and batch sharded over it)."""
+  return mesh_defaults(data=1, fsdp=-1, tensor=1)

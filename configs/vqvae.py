@@ -8,6 +8,20 @@ configs/raster_ar.py load as the frozen tokenizer) and a grid of test images ove
 Images: MNIST 28x28 zero-padded to 32x32 and 2x2 average-pooled to 16x16 (hat_jax/train/image_tasks.py);
 latent 8x8 (one stride-2 level), scales (1, 2, 3, 4, 6, 8) = 130 tokens, one shared 256-entry codebook.
 `:tiny` uses synthetic images (no download) and a few steps, for smoke tests.
+
+`:var256` is the shape of VAR's own tokenizer at 256 px (Tian et al. 2024; FoundationVision/VAR
+`models/__init__.py::build_vae_var`, `vae_ch160v4096z32.pth`, via /work/shared/reference/var_scaling.md
+§A.2): RGB 256x256, base width ch=160, ch_mult (1, 1, 2, 2, 4) (16x downsampling to a 16x16 latent),
+Cvae = 32, one 4096-entry codebook, scales (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) = 680 tokens, 4 shared phi
+convs (quant_resi 0.5), beta 0.25. Its quantizer matches VAR's exactly (codebook 4096 x 32 plus 4 phi
+convs = 36,992 params, the paper's "0.03M"); its conv encoder/decoder are this project's simplified
+ones (one ResBlock per level, no attention blocks; VAR: 2 ResBlocks per level and self-attention), so
+the tokenizer's total is smaller than VAR's. The VQVAE's params are not part of VAR's model count.
+VAR released no VQVAE training recipe (trained on OpenImages): batch, steps and lr here are
+placeholders. No RGB 256 px dataset exists in hat_jax.train.image_tasks (sources "mnist", 16/32 px
+grayscale, and "synthetic", grayscale): the data block names "synthetic" at 256 px so the config is
+complete for compiling, but a training run needs an RGB loader first. bfloat16 is not applicable (the
+VQVAE has no compute-dtype field); pure-FSDP mesh as the other paper-scale configs.
 """
 
 import ml_collections
@@ -18,6 +32,12 @@ from configs import common
 SIZES = {
     "tiny": (8, 32, 8, 8, 4, 1e-3, "synthetic"),
     "small": (32, 256, 16, 32, 600, 2e-3, "mnist"),
+    "var256": (160, 4096, 32, 256, 100_000, 1e-4, "synthetic"),
+}
+# Model shapes other than (ch, vocab, z_channels); sizes not listed use `vq_model`'s defaults (MNIST 16x16).
+SHAPES = {
+    "var256": dict(image_size=256, channels=3, ch_mult=(1, 1, 2, 2, 4), scales=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+                   num_phi=4),
 }
 
 
@@ -27,16 +47,23 @@ def image_data(source: str, batch: int, image_size: int = 16) -> ml_collections.
       eval_batch_size=batch, synthetic_examples=512))
 
 
-def vq_model(ch: int, vocab: int, z_channels: int, image_size: int = 16) -> ml_collections.ConfigDict:
+def vq_model(ch: int, vocab: int, z_channels: int, image_size: int = 16, channels: int = 1,
+             ch_mult: tuple[int, ...] = (1, 2), scales: tuple[int, ...] = (1, 2, 3, 4, 6, 8),
+             num_phi: int = 2) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      image_size=image_size, channels=1, ch=ch, ch_mult=(1, 2), z_channels=z_channels, vocab_size=vocab,
-      scales=(1, 2, 3, 4, 6, 8), num_phi=2, phi_ratio=0.5, beta=0.25))
+      image_size=image_size, channels=channels, ch=ch, ch_mult=ch_mult, z_channels=z_channels, vocab_size=vocab,
+      scales=scales, num_phi=num_phi, phi_ratio=0.5, beta=0.25))
+
+
+def size_model(size: str) -> ml_collections.ConfigDict:
+  """The model config of a SIZES row (with its SHAPES entry, if any)."""
+  ch, vocab, z, *_ = SIZES[size]
+  return vq_model(ch, vocab, z, **SHAPES.get(size, {}))
 
 
 def tokenizer(size: str, params_path: str) -> ml_collections.ConfigDict:
   """`config.tokenizer` for tasks over VQ tokens: the tokenizer's model config and its exported params."""
-  ch, vocab, z, *_ = SIZES[size]
-  return ml_collections.ConfigDict(dict(model=vq_model(ch, vocab, z), params_path=params_path))
+  return ml_collections.ConfigDict(dict(model=size_model(size), params_path=params_path))
 
 
 def sample_block(output_dir: str, cfg_scale: float = 0.0) -> ml_collections.ConfigDict:
@@ -56,11 +83,13 @@ def train_block(steps: int, batch: int, lr: float) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, size="small", seed=0)
-  ch, vocab, z, batch, steps, lr, source = common.size_row(SIZES, arg.size, "vqvae")
+  *_, batch, steps, lr, source = common.size_row(SIZES, arg.size, "vqvae")
   config = common.base_config("vqvae", seed=arg.seed)
   config.train = train_block(steps, batch, lr)
   config.logical_axis_rules = common.default_rules(*CONV_RULES)
-  config.model = vq_model(ch, vocab, z)
-  config.data = image_data(source, batch)
+  config.model = size_model(arg.size)
+  config.data = image_data(source, batch, config.model.image_size)
   config.sample = sample_block(f"runs/vqvae_{arg.size}")
+  if arg.size in SHAPES:  # paper scale: pure FSDP (module docstring)
+    config.mesh = common.mesh_defaults(data=1, fsdp=-1, tensor=1)
   return config
