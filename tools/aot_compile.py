@@ -80,6 +80,7 @@ def main(argv) -> int:
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     return 2
   report["command"] = command
+  report["config"] = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")), None)
   print(summary(report), flush=True)
   if _JSON.value:
     os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
