@@ -94,7 +94,7 @@ class HardwareSpec:
     return self.peak_flops
 
 
-# Peak FLOP/s agree with hat_jax.train.metrics.PEAK_BF16_FLOPS (tests/test_topology.py checks it).
+# The trainer's MFU peak for TPUs (hat_jax.train.metrics.device_peak_flops) reads this table.
 HARDWARE: dict[str, HardwareSpec] = {
     "v4": HardwareSpec(
         generation="v4", device_kinds=("TPU v4",), hbm_bytes=32 * GiB, peak_flops=275e12,

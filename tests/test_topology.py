@@ -159,14 +159,13 @@ def test_hardware_table_and_lookup_by_device_kind():
     hardware_spec("v9")
 
 
-def test_peak_flops_agree_with_the_metrics_table():
-  from hat_jax.train.metrics import PEAK_BF16_FLOPS
-  tpu_rows = [(kind, flops) for kind, flops, _ in PEAK_BF16_FLOPS if kind.startswith("TPU")]
-  assert tpu_rows
-  for kind, flops in tpu_rows:
-    assert hardware_for_device_kind(kind).peak_flops == flops, kind
-  # and the kinds topology devices report are all in it
-  assert {hw.device_kinds[0] for hw in HARDWARE.values()} <= {kind for kind, _ in tpu_rows}
+def test_trainer_peak_flops_come_from_this_table():
+  from hat_jax.train.metrics import device_peak_flops
+  for hw in HARDWARE.values():
+    for kind in hw.device_kinds:
+      assert device_peak_flops(kind) == (hw.peak_flops, hw.source), kind
+  assert device_peak_flops("TPU v5e")[0] == 197e12  # exact match: not v5p's 459e12 by substring
+  assert device_peak_flops("NVIDIA H100 80GB HBM3")[0] == 989e12 and device_peak_flops("cpu") is None
 
 
 # ------------------------------------------------------------------------------------------------------

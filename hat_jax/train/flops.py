@@ -63,7 +63,7 @@ Tasks without a formula (vqvae, axial, raster_ar, custom tasks) raise ValueError
 and give None from `step_flops_or_none`.
 
 MFU = analytic training FLOPs per step * steps/s / (devices * peak FLOP/s per device). The peak table is
-`hat_jax.train.metrics.PEAK_BF16_FLOPS` (dense bf16, vendor datasheets); devices without an entry
+`hat_jax.train.metrics.device_peak_flops` (dense bf16, vendor datasheets; TPUs from `hat_jax.topology`); devices without an entry
 (CPU, unlisted GPUs) get MFU None, printed "n/a".
 
 Scaling laws use the coarser Kaplan/Chinchilla count instead: `six_nd_flops` = 6 * sum over levels of

@@ -140,20 +140,22 @@ class MeanAccumulator:
 # Dense bf16 peak FLOP/s per chip (vendor datasheets, no sparsity), matched against
 # `jax.devices()[0].device_kind`. Used only to turn counted FLOP/s into a utilisation fraction;
 # unknown devices (CPU, other GPUs) report FLOP/s without a fraction.
+# GPUs; TPU chips are in hat_jax.topology.HARDWARE (one table with their HBM and bandwidth).
 PEAK_BF16_FLOPS = (
     ("H200", 989e12, "NVIDIA H200 SXM datasheet, dense BF16"),
     ("H100", 989e12, "NVIDIA H100 SXM datasheet, dense BF16 (PCIe parts are lower: 756e12)"),
     ("A100", 312e12, "NVIDIA A100 datasheet, dense BF16"),
-    ("TPU v6 lite", 918e12, "Cloud TPU v6e docs, BF16"),
-    ("TPU v5 lite", 197e12, "Cloud TPU v5e docs, BF16"),
-    ("TPU v5p", 459e12, "Cloud TPU v5p docs, BF16"),
-    ("TPU v5", 459e12, "Cloud TPU v5p docs, BF16"),
-    ("TPU v4", 275e12, "Cloud TPU v4 docs, BF16"),
 )
 
 
 def device_peak_flops(device_kind: str) -> tuple[float, str] | None:
-  """(peak bf16 FLOP/s per device, source) for a known accelerator, else None."""
+  """(peak bf16 FLOP/s per device, source) for a known accelerator, else None. TPUs match their
+  device_kind exactly ("TPU v5 lite", "TPU v5", ...; `hat_jax.topology`), GPUs by substring."""
+  from hat_jax import topology  # pylint: disable=g-import-not-at-top
+
+  tpu = topology.hardware_for_device_kind(device_kind)
+  if tpu is not None:
+    return tpu.peak_flops, tpu.source
   for key, flops, source in PEAK_BF16_FLOPS:
     if key.lower() in device_kind.lower():
       return flops, source
