@@ -1,6 +1,6 @@
 """Render tools/aot_compile.py JSON reports as the markdown table of docs/pods.md.
 
-  python tools/aot_table.py docs/aot/*.json
+  python tools/aot_table.py docs/aot/*.json              (--train-only: without the decode-step table)
 
 One row per report (the train step; the decode steps go in a second table). Every number comes from the
 report; the paper's own step times are added where the paper gives them (HAT Table 4: 256 H100s, batch
@@ -45,7 +45,7 @@ def train_row(r: dict) -> str:
   paper = "-" if paper is None else f"{paper[0]} s ({paper[1]})"
   batch = "x".join(str(d) for d in next(iter(r["batch_shapes"].values())))
   return (f"| `{r.get('config')}` | {r['params'] / 1e9:.2f}B | {r['topology']} ({r['chips']} chips) | {_mesh(r['mesh'])} | "
-          f"{batch} | {r['dtype']} / {r['param_dtype']} params, {_stacks(r['stacks'])} | {status} | {peak} | "
+          f"{batch} | {r['attention_impl']} attention, {r['dtype']} / {r['param_dtype']} params, {_stacks(r['stacks'])} | {status} | {peak} | "
           f"{s['compile_seconds']:.0f} s | {est} | {mfu} | {paper} |")
 
 
@@ -58,19 +58,21 @@ def decode_rows(r: dict) -> list[str]:
   return rows
 
 
-def main(paths: list[str]) -> str:
+def main(paths: list[str], decode: bool = True) -> str:
   reports = [json.load(open(p)) for p in paths]
   out = ["| config | params | topology | mesh | batch (rows x bytes/tokens) | execution | compiles, fits | "
          "peak / HBM GiB per chip | compile | est. step (roofline) | est. MFU (bound) | paper's step time |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   out += [train_row(r) for r in reports]
-  out += ["", "Cached generation steps (one step of each sampler, KV caches of one training row):", "",
-          "| config | step | rows | compiles, fits | peak / HBM GiB per chip | compile |", "|---|---|---|---|---|---|"]
-  for r in reports:
-    out += decode_rows(r)
+  if decode:
+    out += ["", "Cached generation steps (one step of each sampler, KV caches of one training row):", "",
+            "| config | step | rows | compiles, fits | peak / HBM GiB per chip | compile |", "|---|---|---|---|---|---|"]
+    for r in reports:
+      out += decode_rows(r)
   out += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in reports]
   return "\n".join(out)
 
 
 if __name__ == "__main__":
-  print(main(sys.argv[1:]))
+  args = sys.argv[1:]
+  print(main([a for a in args if a != "--train-only"], decode="--train-only" not in args))
