@@ -48,10 +48,11 @@ def _assert_compiled_with_kernels(report, steps=("train",)):
                                   dict(data=4, tensor=4, indivisible="replicate")],
                          ids=["data16", "fsdp16", "data4xtensor4"])
 def test_hat_test_size_compiles_with_mosaic_kernels_on_v5e_4x4(mesh):
-  report = aot.run(_pallas(hat.get_config("test,corpus=toy"), **mesh), "v5e:4x4", batch_size=16)
+  decode = "data" in mesh and mesh["data"] == 16  # the decode steps once: they hold no kernel (dense cache attention)
+  report = aot.run(_pallas(hat.get_config("test,corpus=toy"), **mesh), "v5e:4x4", batch_size=16, decode=decode)
   assert report["chips"] == 16 and report["device_kind"] == "TPU v5 lite"
   assert report["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1, **{k: v for k, v in mesh.items() if k != "indivisible"}}
-  _assert_compiled_with_kernels(report, ("train", "decode/byte", "decode/word"))
+  _assert_compiled_with_kernels(report, ("train", "decode/byte", "decode/word") if decode else ("train",))
 
 
 def test_paper_hat_block_transformer_and_var_compile_with_mosaic_kernels():
@@ -66,7 +67,8 @@ def test_paper_hat_block_transformer_and_var_compile_with_mosaic_kernels():
 def test_multi_slice_mesh_compiles():
   """Two v5e:2x2 slices (DCN between them), data parallel across slices: the hybrid mesh and the
   per-device kernels compile."""
-  report = aot.run(_pallas(hat.get_config("test,corpus=toy"), dcn_data=2), "v5e:2x2", num_slices=2, batch_size=8)
+  report = aot.run(_pallas(hat.get_config("test,corpus=toy"), dcn_data=2), "v5e:2x2", num_slices=2, batch_size=8,
+                   decode=False)
   assert report["chips"] == 8 and report["num_slices"] == 2 and report["mesh"]["data"] == 8
   _assert_compiled_with_kernels(report)
 
