@@ -30,7 +30,7 @@ import optax
 from configs import common
 from configs import hat as hat_config
 from hat_jax.kernels import MaskSpec
-from hat_jax.models.layers import RMSNorm, Stack, StackConfig, dense_init, embed_init
+from hat_jax.models.layers import RMSNorm, Stack, StackConfig, embed_init, lm_head
 from hat_jax.train import lm_tasks
 from hat_jax.train.task import Task
 
@@ -106,8 +106,7 @@ class BPELM(nn.Module):
     self.embed = nn.Embed(self.vocab_size, self.stack.d_model, embedding_init=embed_init())
     self.layers = Stack(self.stack, MaskSpec(causal=True), "xla", jnp.float32, mask_by_index=True)
     self.norm = RMSNorm(self.stack.norm_eps)
-    self.lm_head = nn.Dense(self.vocab_size, use_bias=False,
-                            kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")))
+    self.lm_head = lm_head(self.vocab_size)
 
   def __call__(self, batch):
     x, _ = self.layers(self.embed(batch["tokens"]), positions=batch["positions"], segment_ids=batch["segment_ids"])

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from hat_jax.kernels import axial_attention
-from hat_jax.models.layers import RMSNorm, SwiGLU, dense_init
+from hat_jax.models.layers import RMSNorm, SwiGLU, dense_init, lm_head
 from hat_jax.models.var import sample_top_k_top_p, small_normal
 from hat_jax.models.layers import dataclass_from_config
 from hat_jax.models.vqvae import check_images
@@ -121,8 +121,7 @@ class AxialTransformer(nn.Module):
     self.inner = [AxialBlock(cfg, "row", True, self.attention_impl, name=f"inner_{i}")
                   for i in range(cfg.num_inner_layers)]
     self.final_norm = RMSNorm()
-    self.head = nn.Dense(cfg.levels, kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")),
-                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))
+    self.head = lm_head(cfg.levels, use_bias=True)
 
   def _position(self, rows: jax.Array) -> jax.Array:
     """rows [R] -> pos_h[rows] + pos_w, [R, W, D]."""

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 
 from hat_jax.kernels import MaskSpec
 from hat_jax.models.layers import (
-    Block, KVCache, Layer, RMSNorm, Stack, StackConfig, caches_length, dense_init, embed_init, empty_caches, stack_mask)
+    Block, KVCache, Layer, RMSNorm, Stack, StackConfig, caches_length, dataclass_from_config, dense_init, embed_init,
+    lm_head, stack_mask)
 
 DECODINGS = ("prefix", "summation", "cross_attention")
 
@@ -113,7 +114,7 @@ class BlockTransformerConfig(_ByteVocab):
 
   @classmethod
   def from_config(cls, cfg) -> "BlockTransformerConfig":
-    return _from_mapping(cls, cfg, ("block_decoder", "token_decoder"), "Block Transformer")
+    return dataclass_from_config(cls, cfg, "Block Transformer", stacks=("block_decoder", "token_decoder"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +130,7 @@ class VanillaConfig(_ByteVocab):
 
   @classmethod
   def from_config(cls, cfg) -> "VanillaConfig":
-    return _from_mapping(cls, cfg, ("decoder",), "vanilla LM")
+    return dataclass_from_config(cls, cfg, "vanilla LM", stacks=("decoder",))
 
 
 def _check_vocab(vocab_size, multiple) -> None:
@@ -140,20 +141,6 @@ def _check_vocab(vocab_size, multiple) -> None:
                      f"got {multiple!r}.")
 
 
-
-
-def _from_mapping(cls, cfg, stacks: tuple[str, ...], label: str):
-  """Build config dataclass `cls` from a ConfigDict / mapping whose `stacks` entries are StackConfigs."""
-  cfg = dict(cfg)
-  for name in stacks:
-    if name not in cfg:
-      raise ValueError(f"{label} config needs a `{name}` section.")
-    cfg[name] = StackConfig.from_config(cfg[name])
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(cfg) - names)
-  if unknown:
-    raise ValueError(f"Unknown {label} config fields {unknown}; valid fields: {sorted(names)}.")
-  return cls(**cfg)
 
 
 def _check_tokens(tokens: jax.Array, block_len: int) -> None:
@@ -231,8 +218,7 @@ class TokenDecoder(nn.Module):
     layer = CrossAttentionLayer if cfg.decoding == "cross_attention" else Block
     self.stack = Stack(tok, stack_mask(tok), cfg.attention_impl, dtype, layer=layer, name="stack")
     self.final_norm = RMSNorm(tok.norm_eps, dtype, name="final_norm")
-    self.head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, name="head",
-                         kernel_init=_logical(dense_init(), ("embed", "vocab")))
+    self.head = lm_head(cfg.vocab_size, dtype=dtype, name="head")
 
   def context_vectors(self, context: jax.Array) -> jax.Array:
     """context [B', D_block] -> [B', n_ctx, D_tok] (prefix_len prefix vectors, or L_B vectors)."""
@@ -369,8 +355,7 @@ class VanillaLM(nn.Module):
                           name="embed")
     self.decoder = Stack(cfg.decoder, stack_mask(cfg.decoder), cfg.attention_impl, dtype, name="decoder")
     self.final_norm = RMSNorm(cfg.decoder.norm_eps, dtype, name="final_norm")
-    self.head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, name="head",
-                         kernel_init=_logical(dense_init(), ("embed", "vocab")))
+    self.head = lm_head(cfg.vocab_size, dtype=dtype, name="head")
 
   def __call__(self, tokens, *, segment_ids=None, positions=None, caches=None):
     """tokens [B, T] -> logits [B, T, V] (position t predicts token t+1), caches."""

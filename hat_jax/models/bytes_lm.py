@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from hat_jax.data.splitter import VOCAB_SIZE
 from hat_jax.kernels import MaskSpec
 from hat_jax.models import lm_metrics
-from hat_jax.models.layers import RMSNorm, Stack, StackConfig, dense_init, embed_init
+from hat_jax.models.layers import RMSNorm, Stack, StackConfig, dataclass_from_config, embed_init, lm_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,13 +21,7 @@ class BytesLMConfig:
 
   @classmethod
   def from_config(cls, model_cfg) -> "BytesLMConfig":
-    m = dict(model_cfg)
-    m.pop("name", None)
-    stack = StackConfig.from_config(m.pop("stack"))
-    unknown = sorted(set(m) - {"attention_impl", "dtype"})
-    if unknown:
-      raise ValueError(f"Unknown bytes-LM model config fields {unknown}; valid: ['stack', 'attention_impl', 'dtype'].")
-    return cls(stack, **m)
+    return dataclass_from_config(cls, model_cfg, "bytes-LM model", stacks=("stack",))
 
 
 class BytesLM(nn.Module):
@@ -41,8 +35,7 @@ class BytesLM(nn.Module):
     self.stack = Stack(cfg.stack, MaskSpec(causal=True, window=cfg.stack.window), cfg.attention_impl, dtype,
                        mask_by_index=True)
     self.norm = RMSNorm(cfg.stack.norm_eps, dtype)
-    self.lm_head = nn.Dense(VOCAB_SIZE, use_bias=False, dtype=dtype,
-                            kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")))
+    self.lm_head = lm_head(VOCAB_SIZE, dtype=dtype)
 
   def __call__(self, byte_ids, positions, segment_ids, caches=None):
     x, caches = self.stack(self.embed(byte_ids), positions=positions, segment_ids=segment_ids, caches=caches)

@@ -35,7 +35,8 @@ from hat_jax.data.splitter import END_OF_WORD, VOCAB_SIZE
 from hat_jax.kernels import MaskSpec
 from hat_jax.models import lm_metrics
 from hat_jax.models.layers import (
-    Block, DenseND, Layer, RMSNorm, Stack, StackConfig, dense_init, embed_init, empty_caches as stack_caches)
+    Block, DenseND, Layer, RMSNorm, Stack, StackConfig, dataclass_from_config, dense_init, embed_init,
+    empty_caches as stack_caches, lm_head)
 
 HAT_VARIANTS = ("tfree", "paper")
 
@@ -64,14 +65,8 @@ class HATConfig:
 
   @classmethod
   def from_config(cls, model_cfg, max_word_bytes: int) -> "HATConfig":
-    m = dict(model_cfg)
-    stacks = {name: StackConfig.from_config(m.pop(name)) for name in ("encoder", "backbone", "decoder")}
-    m.pop("name", None)
-    known = {f.name for f in dataclasses.fields(cls)} - set(stacks) - {"max_word_bytes"}
-    unknown = sorted(set(m) - known)
-    if unknown:
-      raise ValueError(f"Unknown HAT model config fields {unknown}; valid: {sorted(known)}.")
-    return cls(**stacks, max_word_bytes=max_word_bytes, **m)
+    return dataclass_from_config(cls, model_cfg, "HAT model", stacks=("encoder", "backbone", "decoder"),
+                                 max_word_bytes=max_word_bytes)
 
   @property
   def jnp_dtype(self):
@@ -198,8 +193,7 @@ class HAT(nn.Module):
     self.decoder = Stack(cfg.decoder, window(cfg.decoder), cfg.attention_impl, dtype, mask_by_index=True,
                          layer=GuidedBlock)
     self.final_norm = RMSNorm(cfg.decoder.norm_eps, dtype)
-    self.lm_head = nn.Dense(VOCAB_SIZE, use_bias=False, dtype=dtype,
-                            kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")))
+    self.lm_head = lm_head(VOCAB_SIZE, dtype=dtype)
 
   # -- stages --------------------------------------------------------------------------------------
   def encode(self, byte_ids, positions, segment_ids, caches=None):
@@ -263,8 +257,7 @@ class PaperHAT(nn.Module):
     self.decoder_embed = nn.Embed(VOCAB_SIZE, cfg.decoder.d_model, embedding_init=embed_init(), dtype=dtype)
     self.decoder = Stack(cfg.decoder, MaskSpec(causal=True), cfg.attention_impl, dtype)
     self.final_norm = RMSNorm(cfg.decoder.norm_eps, dtype)
-    self.lm_head = nn.Dense(VOCAB_SIZE, use_bias=False, dtype=dtype,
-                            kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")))
+    self.lm_head = lm_head(VOCAB_SIZE, dtype=dtype)
 
   def _per_word(self, x):
     """[B, W, L, d] -> [B*W, L, d] with arange positions: each word is its own short sequence."""

@@ -33,14 +33,23 @@ REMAT_POLICIES = {
 }
 
 
-def dataclass_from_config(cls, cfg, what: str):
-  """Build dataclass `cls` from a ConfigDict/mapping, naming unknown fields in the error."""
-  cfg = dict(cfg)
-  names = {f.name for f in dataclasses.fields(cls)}
+def dataclass_from_config(cls, cfg, what: str, *, stacks: tuple[str, ...] = (), **given):
+  """The one way a model config dataclass is built from a ConfigDict / mapping (`config.model`).
+
+  `stacks` name fields that hold a `StackConfig` section (each must be present); `given` are fields the
+  caller supplies from elsewhere (e.g. HAT's max_word_bytes from config.data), which the mapping must not
+  set. A "name" key is ignored. Unknown fields are an error that lists the valid ones.
+  """
+  cfg = {k: v for k, v in dict(cfg).items() if k != "name"}
+  names = {f.name for f in dataclasses.fields(cls)} - set(given)
   unknown = sorted(set(cfg) - names)
   if unknown:
     raise ValueError(f"Unknown {what} config fields {unknown}; valid fields: {sorted(names)}.")
-  return cls(**cfg)
+  for stack in stacks:
+    if stack not in cfg:
+      raise ValueError(f"The {what} config needs a `{stack}` section (a transformer-stack config).")
+    cfg[stack] = StackConfig.from_config(cfg[stack])
+  return cls(**cfg, **given)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,6 +420,14 @@ def crop_caches(caches, amount: jax.Array):
   if isinstance(caches, KVCache):
     return caches._replace(length=caches.length - amount)
   return tuple(c._replace(length=c.length - amount) for c in caches)
+
+
+def lm_head(vocab: int, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, use_bias: bool = False,
+            init_scale: float = 1.0, name: str | None = None) -> nn.Dense:
+  """The output projection of every model: [..., d] -> [..., vocab] logits, kernel on (embed, vocab)."""
+  return nn.Dense(vocab, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                  kernel_init=nn.with_logical_partitioning(dense_init(init_scale), ("embed", "vocab")),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))
 
 
 def embed_init():

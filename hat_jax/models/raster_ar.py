@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from hat_jax.kernels import MaskSpec
-from hat_jax.models.layers import RMSNorm, Stack, StackConfig, dense_init, empty_caches
+from hat_jax.models.layers import RMSNorm, Stack, StackConfig, empty_caches, lm_head
 from hat_jax.models.var import guided_logits, sample_top_k_top_p, small_normal
 
 
@@ -42,8 +42,7 @@ class RasterAR(nn.Module):
     self.class_emb = nn.Embed(cfg.num_classes + 1, d, embedding_init=small_normal(d, ("vocab", "embed")))
     self.stack = Stack(cfg.stack, MaskSpec(causal=True), self.attention_impl)
     self.final_norm = RMSNorm(cfg.stack.norm_eps)
-    self.head = nn.Dense(cfg.vocab_size, kernel_init=nn.with_logical_partitioning(dense_init(), ("embed", "vocab")),
-                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))
+    self.head = lm_head(cfg.vocab_size, use_bias=True)
 
   def _run(self, h, positions, caches):
     h, caches = self.stack(h, positions=positions, segment_ids=jnp.ones(h.shape[:2], jnp.int32), caches=caches)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from hat_jax.generate import sampling
 from hat_jax.kernels import MaskSpec
-from hat_jax.models.layers import KVCache, Layer, Stack, StackConfig, dense_init, empty_caches
+from hat_jax.models.layers import KVCache, Layer, Stack, StackConfig, dense_init, empty_caches, lm_head
 from hat_jax.models.vqvae import MultiScaleVQVAE
 
 BLOCK_CAUSAL = MaskSpec(causal=True)  # with scale ids as positions
@@ -124,8 +124,7 @@ class VAR(nn.Module):
     self.pos_embed = self.param("pos_embed", small_normal(d, ("length", "embed")), (cfg.seq_len, d))
     self.blocks = Stack(cfg.stack, BLOCK_CAUSAL, self.attention_impl, cfg.jnp_dtype, layer=AdaLNBlock)
     self.head_ada = AdaLin(2, dtype=cfg.jnp_dtype)
-    self.head = nn.Dense(cfg.vocab_size, dtype=cfg.jnp_dtype, kernel_init=nn.with_logical_partitioning(dense_init(0.02), ("embed", "vocab")),
-                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))
+    self.head = lm_head(cfg.vocab_size, dtype=cfg.jnp_dtype, use_bias=True, init_scale=0.02)
 
   def _check_labels(self, labels):
     if labels.ndim != 1:
