@@ -26,7 +26,8 @@ import numpy as np
 
 from hat_jax.models.block_transformer import BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM
 from hat_jax.models.layers import empty_caches
-from hat_jax.train.task import Batch, Metrics, StepIndexedBatches, Task
+from hat_jax.data.iterators import Batch, StepIndexedBatches
+from hat_jax.train.task import Metrics, Task
 
 PAD_ID = 256  # = vocab_size for bytes
 

@@ -35,7 +35,8 @@ from hat_jax.models.layers import StackConfig
 from hat_jax.models.raster_ar import RasterAR, RasterARConfig
 from hat_jax.models.var import VAR, VARConfig, token_nll
 from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig, reconstruction_metrics, to_unit_range
-from hat_jax.train.task import Batch, Metrics, StepIndexedBatches, Task
+from hat_jax.data.iterators import Batch, StepIndexedBatches
+from hat_jax.train.task import Metrics, Task
 
 NUM_CLASSES = 10
 

@@ -21,47 +21,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
-Batch = dict[str, Any]
+from hat_jax.data.iterators import Batch, CheckpointableIterator
+
 Metrics = dict[str, jax.Array]
-
-
-class CheckpointableIterator(Protocol):
-  def __next__(self) -> Batch: ...
-  def get_state(self) -> dict: ...
-  def set_state(self, state: dict) -> None: ...
-
-
-class StepIndexedBatches(abc.ABC):
-  """Infinite random batches where batch i is a pure function of (seed, i, shard): the whole iterator
-  state is the step, so resuming is exact and costs nothing. Subclasses draw one batch from `rng`."""
-
-  def __init__(self, seed: int, shard: tuple[int, int] = (0, 1)):
-    self.seed, self.shard = seed, shard  # shard = (process_index, process_count)
-    self.step = 0
-
-  @abc.abstractmethod
-  def make_batch(self, rng: np.random.Generator) -> Batch:
-    """One per-process batch drawn with `rng` (seeded by (seed, step, *shard))."""
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> Batch:
-    rng = np.random.default_rng([self.seed, self.step, *self.shard])
-    self.step += 1
-    return self.make_batch(rng)
-
-  def get_state(self) -> dict:
-    return {"step": self.step}
-
-  def set_state(self, state: dict) -> None:
-    self.step = int(state["step"])
 
 
 class Task(abc.ABC):
