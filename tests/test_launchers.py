@@ -1,28 +1,23 @@
-"""tools/launch_tpu.py and tools/launch_gpu_multinode.sh: dry runs print the right commands; bad args fail clearly."""
+"""hat_jax/launch_tpu.py (CLI tools/launch_tpu.py) and tools/launch_gpu_multinode.sh: dry runs print the
+right commands; bad args fail clearly."""
 
-import importlib.util
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
+from hat_jax import launch_tpu
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _GPU_SCRIPT = os.path.join(_ROOT, "tools", "launch_gpu_multinode.sh")
-
-
-def _launch_tpu():
-  spec = importlib.util.spec_from_file_location("launch_tpu", os.path.join(_ROOT, "tools", "launch_tpu.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 BASE = ["--tpu=my-v5p-64", "--zone=us-east5-a", "--config=configs/hat.py:small", "--workdir=gs://bucket/runs/hat"]
 
 
 def test_tpu_dry_run_builds_the_gcloud_command(capsys):
-  assert _launch_tpu().main(BASE + ["--project=proj", "--override=train.steps=20000",
+  assert launch_tpu.main(BASE + ["--project=proj", "--override=train.steps=20000",
                                     "--override=config.mesh.fsdp=4",
                                     "--repo=https://example.com/hat_jax.git", "--env=LIBTPU_INIT_ARGS=--x=1", "--dry-run"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
@@ -42,7 +37,7 @@ def test_tpu_dry_run_builds_the_gcloud_command(capsys):
 
 
 def test_tpu_multislice_and_no_setup(capsys):
-  assert _launch_tpu().main(BASE + ["--num-slices=2", "--setup=", "--dry-run"]) == 0
+  assert launch_tpu.main(BASE + ["--num-slices=2", "--setup=", "--dry-run"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert [shlex.split(line)[5] for line in lines] == ["my-v5p-64-0", "my-v5p-64-1"]
   assert "--config.mesh.dcn_data=2" in lines[0] and "git clone" not in lines[0]
@@ -55,16 +50,16 @@ def _remote_words(line: str) -> list[str]:
   return words[words.index("python3"):]
 
 
-def test_tpu_sweep_runs_experiments_sweep(capsys):
+def test_tpu_sweep_runs_hat_jax_sweep(capsys):
   sweep_base = ["--tpu=my-v5p-64", "--zone=us-east5-a", "--workdir=gs://bucket/scaling", "--setup=", "--dry-run"]
   # Absolute paths inside the checkout become repo-relative: the workers run them in their own clone.
-  assert _launch_tpu().main(sweep_base + [f"--sweep={_ROOT}/configs/sweeps/hat_scaling.py", "--only=hat-w32-s150",
+  assert launch_tpu.main(sweep_base + [f"--sweep={_ROOT}/configs/sweeps/hat_scaling.py", "--only=hat-w32-s150",
                                           "--override=mesh.fsdp=4"]) == 0
   assert _remote_words(capsys.readouterr().out) == [
-      "python3", "-m", "experiments.sweep", "--sweep=configs/sweeps/hat_scaling.py", "--workdir=gs://bucket/scaling",
+      "python3", "-m", "hat_jax.sweep", "--sweep=configs/sweeps/hat_scaling.py", "--workdir=gs://bucket/scaling",
       "--only=hat-w32-s150", "--no-report", "--override=mesh.fsdp=4"]
   # --config is the base config there; --only left out runs every unfinished run in turn.
-  assert _launch_tpu().main(sweep_base + ["--sweep=configs/sweeps/bytes_scaling.py",
+  assert launch_tpu.main(sweep_base + ["--sweep=configs/sweeps/bytes_scaling.py",
                                           "--config=configs/bytes.py:size=tiny"]) == 0
   assert _remote_words(capsys.readouterr().out)[3:] == [
       "--config=configs/bytes.py:size=tiny", "--sweep=configs/sweeps/bytes_scaling.py",
@@ -84,31 +79,44 @@ def test_tpu_sweep_runs_experiments_sweep(capsys):
 ])
 def test_tpu_bad_args_error_clearly(extra, message, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    _launch_tpu().main(BASE + extra + ["--dry-run"])
+    launch_tpu.main(BASE + extra + ["--dry-run"])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
 
 
 def test_tpu_config_required_without_sweep(capsys):
   with pytest.raises(SystemExit):
-    _launch_tpu().main(["--tpu=t", "--zone=z", "--workdir=gs://b/r", "--setup=", "--dry-run"])
+    launch_tpu.main(["--tpu=t", "--zone=z", "--workdir=gs://b/r", "--setup=", "--dry-run"])
   assert "--config is required" in capsys.readouterr().err
 
 
 def test_tpu_default_setup_needs_a_repo(monkeypatch, capsys):
-  module = _launch_tpu()
-  monkeypatch.setattr(module, "_origin_url", lambda: None)  # a checkout without an 'origin' remote
+  monkeypatch.setattr(launch_tpu, "_origin_url", lambda: None)  # a checkout without an 'origin' remote
   with pytest.raises(SystemExit):
-    module.main(BASE + ["--dry-run"])
+    launch_tpu.main(BASE + ["--dry-run"])
   assert "pass --repo=" in capsys.readouterr().err
-  monkeypatch.setattr(module, "_origin_url", lambda: "git@example.com:me/hat_jax.git")
-  assert module.main(BASE + ["--dry-run"]) == 0
+  monkeypatch.setattr(launch_tpu, "_origin_url", lambda: "git@example.com:me/hat_jax.git")
+  assert launch_tpu.main(BASE + ["--dry-run"]) == 0
   assert "git@example.com:me/hat_jax.git" in capsys.readouterr().out
+
+
+def test_tpu_cli_runs_from_any_directory(tmp_path, capsys):
+  """tools/launch_tpu.py imports hat_jax.launch_tpu (installed, no sys.path patch) and resolves
+  repo-relative paths against the checkout, not the current directory."""
+  argv = BASE + ["--setup=", "--dry-run"]
+  out = subprocess.run([sys.executable, os.path.join(_ROOT, "tools", "launch_tpu.py"), *argv], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=60, check=False)
+  assert out.returncode == 0, out.stderr
+  assert launch_tpu.main(argv) == 0
+  assert out.stdout == capsys.readouterr().out  # the same command as from the repo root
+  out = subprocess.run([sys.executable, os.path.join(_ROOT, "tools", "launch_tpu.py"), "--help"], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=60, check=False)
+  assert out.returncode == 0 and out.stdout.startswith("usage: tools/launch_tpu.py"), out.stderr
 
 
 def test_tpu_missing_required_flag(capsys):
   with pytest.raises(SystemExit):
-    _launch_tpu().main(["--zone=z", "--config=configs/hat.py", "--workdir=gs://b/r"])
+    launch_tpu.main(["--zone=z", "--config=configs/hat.py", "--workdir=gs://b/r"])
   assert "--tpu" in capsys.readouterr().err
 
 

@@ -23,7 +23,6 @@ import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; only the topology's devices are TPUs
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/ and hat_jax/
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -20,19 +20,14 @@ import argparse
 import functools
 import json
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from hat_jax.kernels import MaskSpec, attention, block_attention, reference_attention  # noqa: E402
-from hat_jax.kernels.masks import element_mask  # noqa: E402
-from hat_jax.timing import wall_times  # noqa: E402
+from hat_jax.kernels import MaskSpec, attention, block_attention, reference_attention
+from hat_jax.kernels.masks import element_mask
+from hat_jax.timing import wall_times
 
 # Dense bf16 tensor-core peak (no sparsity), TFLOP/s, from the vendors' datasheets (SXM parts).
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "B200": 2250.0}

@@ -1,6 +1,6 @@
 """Byte-baseline scaling sweep: the same widths, data and budgets as hat_scaling.py.
 
-  python -m experiments.sweep --sweep=configs/sweeps/bytes_scaling.py --workdir=runs/scaling
+  python -m hat_jax.sweep --sweep=configs/sweeps/bytes_scaling.py --workdir=runs/scaling
 
 One causal transformer over bytes with the HAT backbone's width and depth (2 layers, head_dim 16).
 """

