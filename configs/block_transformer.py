@@ -6,7 +6,7 @@
 "small" is the CPU-sized model of experiments/block_throughput: block decoder 128 wide x 3 layers,
 token decoder 128 wide x 3 layers, L_B = 4, prefix 2 (D_emb = 128 / 4 = 32 per byte). Optimiser as the
 paper (AdamW b=(0.9, 0.95), wd 0.1, warm-up + cosine to 10 %, clip 1.0) and random first-block padding.
-Rows: block-aligned single-document windows of the corpus (hat_jax/train/block_tasks.py).
+Rows: block-aligned single-document windows of the corpus (hat_jax/data/blocks.py).
 Input embedding tables have 264 rows (256 bytes + pad, `vocab_pad_to_multiple=8`) so that tensor-parallel
 sizes up to 8 shard them; the extra rows are never used, and the first 257 initialise as a 257-row table's.
 

@@ -2,7 +2,9 @@
 
   python -m hat_jax.main --config=configs/bytes.py:tiny --workdir=runs/bytes_tiny
 
-Its stack has the HAT backbone's width and depth (the comparison of the benchmark and paper tables).
+A `hat_jax.models.decoder_lm.DecoderLM` over bytes whose stack has the HAT backbone's width and depth
+(the comparison of the benchmark and paper tables), full causal attention, masked by index (packed rows).
+The stack section is `model.stack` (the scaling sweeps override `model.stack.*`).
 """
 
 from configs import common
@@ -15,5 +17,5 @@ def get_config(arg: str | None = None):
   backbone = config.model.backbone
   backbone.window = None
   config.task = "bytes"
-  config.model = dict(stack=backbone, attention_impl="xla", dtype="float32")
+  config.model = dict(stack=backbone, vocab_size=256, mask_by_index=True, attention_impl="xla", dtype="float32")
   return config

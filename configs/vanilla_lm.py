@@ -1,8 +1,9 @@
 """Vanilla byte-level transformer, the Block Transformer's baseline (same layers). `:small` or `:tiny`.
 
 Trained and scored on the same block-aligned rows and target bytes as configs/block_transformer.py
-(hat_jax/train/block_tasks.py), without random first-block padding. Input table padded to 264 rows for
-tensor parallelism, as in configs/block_transformer.py.
+(hat_jax/data/blocks.py), without random first-block padding. The model is a
+`hat_jax.models.decoder_lm.DecoderLM` whose input table has the rows' pad token (`pad_row`), padded to
+264 rows for tensor parallelism, as in configs/block_transformer.py.
 
 Paper scale (the vanilla baselines of the Block Transformer paper's Table 1, Ho et al. 2024,
 arXiv:2406.02657; Table 3 via /work/shared/reference/block_axial.md §A.6), named by the paper's total
@@ -55,7 +56,7 @@ def paper_config(size: str, seed: int) -> ml_collections.ConfigDict:
   config = common.base_config("vanilla_lm", seed=seed)
   config.train = paper_train(lr, batch)
   config.mesh = common.pod_mesh()
-  config.model = ml_collections.ConfigDict(dict(decoder=paper_decoder_stack(d, layers), vocab_size=256,
+  config.model = ml_collections.ConfigDict(dict(decoder=paper_decoder_stack(d, layers), vocab_size=256, pad_row=True,
                                                 vocab_pad_to_multiple=8, attention_impl="pallas", dtype="bfloat16"))
   config.data = byte_data(PAPER_SEQ_LEN, batch, 4 * batch, random_pad=False)
   config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=256, temperature=0.8, top_k=0, top_p=0.0))
@@ -71,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = common.train_defaults(
       steps=steps, batch_size=batch, learning_rate=lr, warmup_steps=max(1, steps // 20),
       log_every=max(1, steps // 20), eval_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2))
-  config.model = ml_collections.ConfigDict(dict(decoder=stack(d, layers, head_dim), vocab_size=256,
+  config.model = ml_collections.ConfigDict(dict(decoder=stack(d, layers, head_dim), vocab_size=256, pad_row=True,
                                                 vocab_pad_to_multiple=8, attention_impl="xla", dtype="float32"))
   config.data = byte_data(seq_len, batch, 8 if arg.size == "tiny" else 256, random_pad=False)
   config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=0.0))

@@ -22,7 +22,7 @@ import optax
 
 from configs import bytes as bytes_config
 from configs import hat as hat_config
-from hat_jax.data import pipeline
+from hat_jax.data import documents, pipeline
 from hat_jax.train import lm_tasks
 
 
@@ -41,7 +41,7 @@ def make_step(task):
 
 def bytes_per_position(corpus: str, task: lm_tasks.HATTask) -> tuple[float, int]:
   """Mean bytes per word (backbone position) over a corpus split, BOS/EOD words excluded."""
-  docs = lm_tasks.load_documents(_with_corpus(task.config.data, corpus), "validation")
+  docs = documents.load_documents(_with_corpus(task.config.data, corpus), "validation")
   lengths = [n for d in docs for n in task.splitter.word_lengths(bytes(d))]
   return float(np.mean(lengths)), sum(lengths)
 

@@ -1,7 +1,7 @@
-"""A minimal BPE-token baseline for the compute-matched table: a causal `layers.Stack` LM over
-byte-level BPE tokens, trained by the generic trainer (config.task = "experiments.hat_tables.bpe_lm:BPETask").
-
-`hat_jax.train.block_tasks` ("vanilla_lm") is byte level (vocab 256 + pad), so it cannot take tokens.
+"""A minimal BPE-token baseline for the compute-matched table: the decoder-only LM of the byte baselines
+(`hat_jax.models.decoder_lm.DecoderLM`) over byte-level BPE tokens, trained by the generic trainer
+(config.task = "experiments.hat_tables.bpe_lm:BPETask"). This file holds what is BPE-specific: the
+tokenizer, the token rows and the bits-per-byte loss.
 
 Tokenizer: HuggingFace `tokenizers` byte-level BPE (GPT-2 pre-tokenisation, min_frequency 2, no
 special tokens, as in experiments/compression) trained on the first `bpe_train_bytes` of the English
@@ -16,12 +16,9 @@ not align with the HAT splitter's words, so it reports none (the table says n/a)
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -29,9 +26,8 @@ import optax
 
 from configs import common
 from configs import hat as hat_config
-from hat_jax.kernels import MaskSpec
-from hat_jax.models.layers import RMSNorm, Stack, StackConfig, embed_init, lm_head
-from hat_jax.train import lm_tasks
+from hat_jax.data import documents
+from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.train.task import Task
 
 LN2 = 0.6931471805599453
@@ -98,29 +94,19 @@ class TokenRows:
             "target_bytes": (self.token_bytes[ids[1:]] * mask).astype(np.float32)}
 
 
-class BPELM(nn.Module):
-  stack: StackConfig
-  vocab_size: int
-
-  def setup(self):
-    self.embed = nn.Embed(self.vocab_size, self.stack.d_model, embedding_init=embed_init())
-    self.layers = Stack(self.stack, MaskSpec(causal=True), "xla", jnp.float32, mask_by_index=True)
-    self.norm = RMSNorm(self.stack.norm_eps)
-    self.lm_head = lm_head(self.vocab_size)
-
-  def __call__(self, batch):
-    x, _ = self.layers(self.embed(batch["tokens"]), positions=batch["positions"], segment_ids=batch["segment_ids"])
-    logits = self.lm_head(self.norm(x)).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    mask = batch["loss_mask"]
-    loss = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-    nbytes = jnp.sum(batch["target_bytes"])
-    # Per batch; the eval averages batches of equal token count, so this is bytes-weighted up to
-    # the spread of bytes per batch (small next to the differences the table shows).
-    bpb = jnp.sum(ce * mask) / LN2 / jnp.maximum(nbytes, 1.0)
-    return loss, {"loss": loss, "bits_per_byte": bpb, "token_accuracy": jnp.sum(
-        (jnp.argmax(logits, -1) == batch["targets"]) * mask) / jnp.maximum(jnp.sum(mask), 1.0),
-                  "bytes_per_token": nbytes / jnp.maximum(jnp.sum(mask), 1.0)}
+def bpe_loss(model: DecoderLM, params, batch):
+  """Next-token cross-entropy over `loss_mask`, and bits per byte of the target tokens' bytes."""
+  logits, _ = model.apply(params, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+  mask = batch["loss_mask"]
+  loss = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  nbytes = jnp.sum(batch["target_bytes"])
+  # Per batch; the eval averages batches of equal token count, so this is bytes-weighted up to
+  # the spread of bytes per batch (small next to the differences the table shows).
+  bpb = jnp.sum(ce * mask) / LN2 / jnp.maximum(nbytes, 1.0)
+  return loss, {"loss": loss, "bits_per_byte": bpb, "token_accuracy": jnp.sum(
+      (jnp.argmax(logits, -1) == batch["targets"]) * mask) / jnp.maximum(jnp.sum(mask), 1.0),
+                "bytes_per_token": nbytes / jnp.maximum(jnp.sum(mask), 1.0)}
 
 
 class BPETask(Task):
@@ -128,9 +114,7 @@ class BPETask(Task):
 
   def __init__(self, config):
     super().__init__(config)
-    m = config.model
-    self.stack_cfg = StackConfig.from_config(m.stack)
-    self.model = BPELM(self.stack_cfg, int(m.vocab_size))
+    self.model = DecoderLM(DecoderLMConfig.from_config(config.model))
 
   @functools.cached_property
   def tokenizer(self):
@@ -139,7 +123,7 @@ class BPETask(Task):
 
     cache = str(fetch.resolve_cache_dir(d.cache_dir or None))
     path = os.path.join(cache, "bpe", f"{d.corpus}-bpe{self.config.model.vocab_size}-{d.bpe_train_bytes}.json")
-    return train_tokenizer(lm_tasks.load_documents(d, "train"), int(self.config.model.vocab_size),
+    return train_tokenizer(documents.load_documents(d, "train"), int(self.config.model.vocab_size),
                            int(d.bpe_train_bytes), path)
 
   @functools.cached_property
@@ -152,7 +136,7 @@ class BPETask(Task):
 
   @functools.lru_cache(maxsize=2)
   def rows(self, split: str, max_bytes: int | None = None) -> TokenRows:
-    docs = list(lm_tasks.load_documents(self.config.data, split))
+    docs = list(documents.load_documents(self.config.data, split))
     ids, doc_ids, used = [], [], 0
     for i, doc in enumerate(docs):
       if max_bytes is not None and used >= max_bytes:
@@ -164,7 +148,8 @@ class BPETask(Task):
     return TokenRows(np.concatenate(ids), np.concatenate(doc_ids), self.token_bytes, int(self.config.data.seq_tokens))
 
   def init_params(self, rng):
-    return self.model.init(rng, self.dummy_batch())
+    batch = self.dummy_batch()
+    return self.model.init(rng, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
 
   def dummy_batch(self):
     n = int(self.config.data.seq_tokens)
@@ -174,7 +159,7 @@ class BPETask(Task):
 
   def loss(self, params, batch, rng):
     del rng
-    return self.model.apply(params, batch)
+    return bpe_loss(self.model, params, batch)
 
   def train_iterator(self, seed, process_index=0, process_count=1):
     from hat_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -196,8 +181,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base_config("experiments.hat_tables.bpe_lm:BPETask")
   config.train = common.train_defaults(steps=150, batch_size=8, learning_rate=3e-3, warmup_steps=15,
                                        log_every=30, eval_every=150, checkpoint_every=150)
-  config.model = ml_collections.ConfigDict(dict(stack=hat_config.stack(arg.width, arg.layers, 16, None),
-                                                vocab_size=arg.vocab))
+  # Packed rows whose positions rise by one within each document: attention may mask by index.
+  config.model = ml_collections.ConfigDict(dict(decoder=hat_config.stack(arg.width, arg.layers, 16, None),
+                                                vocab_size=arg.vocab, mask_by_index=True))
   config.data = ml_collections.ConfigDict(dict(
       corpus=arg.corpus, cache_dir="", seq_tokens=arg.seq_tokens, eval_batch_size=8, eval_batches=16,
       bpe_train_bytes=2_000_000, train_bytes=4_000_000))

@@ -94,7 +94,8 @@ def batches_from_docs(task, docs) -> list:
 
 def robustness(args) -> list[dict[str, Any]]:
   from hat_jax.data import perturb  # pylint: disable=g-import-not-at-top
-  from hat_jax.train import lm_tasks, trainer  # pylint: disable=g-import-not-at-top
+  from hat_jax.data import documents  # pylint: disable=g-import-not-at-top
+  from hat_jax.train import trainer  # pylint: disable=g-import-not-at-top
 
   rows = []
   for label, sweep_path, name in (("HAT", HAT_SWEEP, args.hat_run), ("bytes", BYTES_SWEEP, args.bytes_run)):
@@ -103,7 +104,7 @@ def robustness(args) -> list[dict[str, Any]]:
     run, params, step = trainer.restore_params(config, run_dir)
     # The first documents of the validation split are all the eval batches read (16 KiB); perturbing
     # only those keeps the python perturbation cheap.
-    docs = list(lm_tasks.load_documents(config.data, "validation"))[:args.eval_docs]
+    docs = list(documents.load_documents(config.data, "validation"))[:args.eval_docs]
     clean = None
     for kind in ("clean",) + perturb.KINDS:
       pdocs = docs if kind == "clean" else perturb.perturb_documents(docs, kind, seed=args.seed)

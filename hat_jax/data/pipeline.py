@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from hat_jax.data.batching import per_process_batch_size
 from hat_jax.data.splitter import BOS, EOD, PAD, SPECIAL_BYTES, WordSplitter
 
 
@@ -195,12 +196,6 @@ def train_iterator(rows: PackedRows, batch_size: int, seed: int, process_index: 
   ds = grain.MapDataset.source(rows).seed(seed).shuffle().repeat(None)
   ds = ds[process_index::process_count].batch(local_batch, drop_remainder=True)
   return iter(ds.to_iter_dataset())
-
-
-def per_process_batch_size(batch_size: int, process_count: int) -> int:
-  if batch_size % process_count:
-    raise ValueError(f"global batch_size {batch_size} must be divisible by the process count {process_count}.")
-  return batch_size // process_count
 
 
 def eval_batches(rows: PackedRows, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:

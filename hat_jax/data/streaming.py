@@ -27,6 +27,7 @@ import grain
 import numpy as np
 
 from hat_jax.data import pipeline
+from hat_jax.data.batching import per_process_batch_size
 from hat_jax.data.splitter import WordSplitter
 
 
@@ -148,7 +149,7 @@ def train_iterator(docs: Sequence[bytes], splitter: WordSplitter, seq_bytes: int
                    batch_size: int, seed: int, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:
   """Shuffled, repeated, per-process batches of streamed rows; checkpointable via get_state/set_state."""
-  local_batch = pipeline.per_process_batch_size(batch_size, process_count)
+  local_batch = per_process_batch_size(batch_size, process_count)
   ds = document_dataset(docs, seed=seed, num_epochs=None, process_index=process_index, process_count=process_count)
   return iter(PackIterDataset(ds, splitter, seq_bytes, seq_words).batch(local_batch, drop_remainder=True))
 

@@ -1,4 +1,5 @@
-"""Batched, jitted prefill + decode for the Block Transformer and its vanilla baseline.
+"""Batched, jitted prefill + decode for the Block Transformer and the decoder-only LM (`DecoderLM`: the
+vanilla baseline, the byte baseline).
 
 Both engines preallocate every KV cache (`layers.KVCache`) for the whole generation and run the decode
 loop inside one `jax.jit` as a `lax.while_loop`, so a call is one compiled program:
@@ -11,7 +12,7 @@ loop inside one `jax.jit` as a `lax.while_loop`, so a call is one compiled progr
     per new block: a fresh token-decoder cache of `token_context` (= prefix + L_B - 1) entries; feed the
              context vectors, then the block's bytes one at a time (L_B sampled bytes); then one block
              decoder step on the new block (except the last). The token cache is re-created every block.
-  Vanilla (`vanilla_generate`)
+  Decoder LM (`decoder_lm_generate`)
     prefill the prompt into caches of T + num_new - 1 entries, then one token per loop step.
 
 Ragged prompts. `prompt_lengths` [B] says row b's prompt is prompt[b, :prompt_lengths[b]] (the rest of
@@ -26,15 +27,16 @@ alone, in the same preallocated caches and one program, so a row's padding must 
     context at its last real block; from then on rows decode in lockstep, each at its own cache length.
     (Left-padding all rows to the longest prompt instead would put more than L_B - 1 pads before a
     short prompt, which the model never saw in training, and shift its block positions.)
-  - Vanilla: the same at byte level: bytes after a prompt get segment id 0, the first new byte is read
-    at each row's last prompt byte.
-Prompts from Python sequences of different lengths: `stack_prompts`.
+  - Decoder LM: the same at token level: tokens after a prompt get segment id 0, the first new token is
+    read at each row's last prompt token.
+Prompts from Python sequences of different lengths: `hat_jax.data.batching.stack_prompts`, or
+`continue_prompts`, which also cuts each row's output at its length.
 
 EOS. With `eos_id` set, a row stops at its first eos_id: everything it generates after that is replaced
-by pad_id, and the loop exits once every row has stopped (checked after each block / byte, on the
-device). The engines then also return per-row lengths (generated tokens up to and including eos_id;
-num_new for a row that never emitted it). With `eos_id=None` (default; the throughput benchmark) the
-loop always runs to num_new.
+by the config's pad_id (0 for a decoder LM without a pad row), and the loop exits once every row has
+stopped (checked after each block / byte, on the device). The engines then also return per-row lengths
+(generated tokens up to and including eos_id; num_new for a row that never emitted it). With
+`eos_id=None` (default; the throughput benchmark) the loop always runs to num_new.
 
 Returns `tokens` [B, num_new], then `lengths` [B] if `eos_id` is set, then `logits` [B, num_new, V]
 (the logits each byte was sampled from, which the tests compare with the uncached forward pass) if
@@ -51,22 +53,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hat_jax.data.batching import stack_prompts
 from hat_jax.generate.sampling import GREEDY, SamplingConfig, sample
-from hat_jax.models.block_transformer import (
-    BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM)
+from hat_jax.models.block_transformer import BlockTransformer, BlockTransformerConfig
+from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.layers import empty_caches
-
-
-def stack_prompts(prompts: Sequence[Sequence[int] | bytes], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Prompts of any lengths -> prompt [B, max_len] int32 (right-filled with pad_id), prompt_lengths [B]."""
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ValueError(f"stack_prompts needs at least one prompt and no empty ones, got lengths "
-                     f"{[len(p) for p in prompts]}.")
-  lengths = np.array([len(p) for p in prompts], np.int32)
-  out = np.full((len(prompts), lengths.max()), pad_id, np.int32)
-  for row, p in zip(out, prompts):
-    row[:len(p)] = np.frombuffer(p, np.uint8) if isinstance(p, bytes) else np.asarray(p)
-  return out, lengths
 
 
 def layout_prompt(prompt: jax.Array, prompt_lengths: jax.Array, block_len: int,
@@ -103,7 +94,7 @@ def _check_inputs(cfg, prompt, prompt_lengths, num_new: int, eos_id: int | None,
     lengths = np.asarray(prompt_lengths)
     if lengths.min() < 1 or lengths.max() > prompt.shape[1]:
       raise ValueError(f"prompt_lengths must be in [1, prompt_len = {prompt.shape[1]}], got {lengths.tolist()}; "
-                       "every row needs a non-empty prompt (hat_jax.generate.block_engine.stack_prompts).")
+                       "every row needs a non-empty prompt (hat_jax.data.batching.stack_prompts).")
 
 
 def _lengths(prompt, prompt_lengths) -> jax.Array:
@@ -198,9 +189,9 @@ def _block_generate(cfg: BlockTransformerConfig, params, prompt, prompt_lengths,
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _vanilla_generate(cfg: VanillaConfig, params, prompt, prompt_lengths, rng, *, num_new, sampling, eos_id,
-                      return_logits):
-  model = VanillaLM(cfg)
+def _decoder_lm_generate(cfg: DecoderLMConfig, params, prompt, prompt_lengths, rng, *, num_new, sampling, eos_id,
+                         return_logits):
+  model = DecoderLM(cfg)
   batch, prompt_len = prompt.shape
   caches = empty_caches(cfg.decoder, batch, prompt_len + num_new - 1, cfg.jnp_dtype)
   segment_ids = (jnp.arange(prompt_len)[None] < prompt_lengths[:, None]).astype(jnp.int32)
@@ -208,9 +199,9 @@ def _vanilla_generate(cfg: VanillaConfig, params, prompt, prompt_lengths, rng, *
   logits = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)  # [B, 1, V]
   rngs = jax.random.split(rng, num_new)
 
-  def step(i, byte, caches):
-    """Feed byte i-1 [B, 1], sample byte i."""
-    logits, caches = model.apply(params, byte, caches=caches)
+  def step(i, token, caches):
+    """Feed token i-1 [B, 1], sample token i."""
+    logits, caches = model.apply(params, token, caches=caches)
     return sample(logits, rngs[i], sampling), logits, caches
 
   return _decode_loop(step, sample(logits, rngs[0], sampling), logits, caches, num_new, eos_id=eos_id,
@@ -226,23 +217,43 @@ def block_generate(cfg: BlockTransformerConfig, params, prompt: jax.Array, rng: 
                          num_new=num_new, sampling=sampling, eos_id=eos_id, return_logits=return_logits)
 
 
-def vanilla_generate(cfg: VanillaConfig, params, prompt: jax.Array, rng: jax.Array, *, num_new: int,
-                     prompt_lengths: jax.Array | None = None, sampling: SamplingConfig = GREEDY,
-                     eos_id: int | None = None, return_logits: bool = False):
-  """prompt [B, T] int32 -> generated bytes [B, num_new] [, lengths [B]] [, logits [B, num_new, V]]."""
+def decoder_lm_generate(cfg: DecoderLMConfig, params, prompt: jax.Array, rng: jax.Array, *, num_new: int,
+                        prompt_lengths: jax.Array | None = None, sampling: SamplingConfig = GREEDY,
+                        eos_id: int | None = None, return_logits: bool = False):
+  """prompt [B, T] int32 -> generated tokens [B, num_new] [, lengths [B]] [, logits [B, num_new, V]]."""
   _check_inputs(cfg, prompt, prompt_lengths, num_new, eos_id)
-  return _vanilla_generate(cfg, params, jnp.asarray(prompt, jnp.int32), _lengths(prompt, prompt_lengths), rng,
-                           num_new=num_new, sampling=sampling, eos_id=eos_id, return_logits=return_logits)
+  return _decoder_lm_generate(cfg, params, jnp.asarray(prompt, jnp.int32), _lengths(prompt, prompt_lengths), rng,
+                              num_new=num_new, sampling=sampling, eos_id=eos_id, return_logits=return_logits)
 
 
 def generate(cfg, params, prompt, rng, *, num_new: int, prompt_lengths: jax.Array | None = None,
              sampling: SamplingConfig = GREEDY, eos_id: int | None = None, return_logits: bool = False):
-  """Dispatch on the config type (BlockTransformerConfig or VanillaConfig)."""
+  """Dispatch on the config type (BlockTransformerConfig or DecoderLMConfig)."""
   if isinstance(cfg, BlockTransformerConfig):
     fn = block_generate
-  elif isinstance(cfg, VanillaConfig):
-    fn = vanilla_generate
+  elif isinstance(cfg, DecoderLMConfig):
+    fn = decoder_lm_generate
   else:
-    raise TypeError(f"generate() needs a BlockTransformerConfig or VanillaConfig, got {type(cfg).__name__}.")
+    raise TypeError(f"generate() needs a BlockTransformerConfig or DecoderLMConfig, got {type(cfg).__name__}.")
   return fn(cfg, params, prompt, rng, num_new=num_new, prompt_lengths=prompt_lengths, sampling=sampling,
             eos_id=eos_id, return_logits=return_logits)
+
+
+def continue_prompts(cfg, params, prompts: Sequence[Sequence[int] | bytes], rng: jax.Array, *, num_new: int,
+                     sampling: SamplingConfig = GREEDY, eos_id: int | None = None) -> list[np.ndarray]:
+  """Prompts of any lengths (bytes or token lists) -> each row's generated tokens (int32, up to and
+  including eos_id when it stops there), from one `generate` call over the whole batch."""
+  prompt, lengths = stack_prompts(prompts, cfg.pad_id)
+  out = generate(cfg, params, prompt, rng, num_new=num_new, prompt_lengths=lengths, sampling=sampling,
+                 eos_id=eos_id)
+  tokens, kept = out if eos_id is not None else (out, np.full(len(prompts), num_new))
+  return [row[:n] for row, n in zip(np.asarray(tokens), np.asarray(kept))]
+
+
+def decoder_lm_steps(cfg: DecoderLMConfig, batch_size: int, max_len: int) -> dict[str, tuple]:
+  """`decoder_lm_generate`'s device step by shape, for `Task.decode_steps`: "token" = one token through the
+  decoder, with caches of `max_len` entries (a training row)."""
+  model = DecoderLM(cfg)
+  caches = jax.eval_shape(lambda: empty_caches(cfg.decoder, batch_size, max_len, cfg.jnp_dtype))
+  return {"token": (lambda params, tokens, caches: model.apply(params, tokens, caches=caches),
+                    (jax.ShapeDtypeStruct((batch_size, 1), jnp.int32), caches))}

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hat_jax.data.batching import stack_prompts
 from hat_jax.data.splitter import BOS, END_OF_WORD, EOD, WordSplitter
 from hat_jax.generate.sampling import SamplingConfig, sample
 from hat_jax.models.hat import HAT, HATConfig, empty_caches
@@ -114,12 +115,9 @@ class HATSampler:
     d_enc = cfg.encoder.d_model
 
     # ---- prefill ----
-    p_len = max(len(s) for s in seqs)
-    byte_ids = np.zeros((batch, p_len), np.int32)
-    seg = np.zeros((batch, p_len), np.int32)
-    for b, s in enumerate(seqs):
-      byte_ids[b, :len(s)] = np.frombuffer(bytes(s), np.uint8)
-      seg[b, :len(s)] = 1
+    byte_ids, lens = stack_prompts(seqs, 0)  # the fill is masked: segment id 0
+    p_len = byte_ids.shape[1]
+    seg = (np.arange(p_len)[None] < lens[:, None]).astype(np.int32)
     pos = np.broadcast_to(np.arange(p_len, dtype=np.int32), (batch, p_len))
     h, caches["encoder"] = self._encode(params, byte_ids, pos, seg, caches["encoder"])
     h_hist = jnp.zeros((batch, total, d_enc), h.dtype).at[:, :p_len].set(h)

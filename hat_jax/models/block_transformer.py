@@ -1,8 +1,8 @@
-"""Block Transformer (Ho et al. 2024, arXiv:2406.02657) over bytes, plus the vanilla baseline.
+"""Block Transformer (Ho et al. 2024, arXiv:2406.02657) over bytes.
 
 Read top to bottom like the paper's Figure 1:
 
-  tokens [B, S] (S = N blocks * L_B, block-aligned, see `hat_jax.train.block_tasks.block_align`)
+  tokens [B, S] (S = N blocks * L_B, block-aligned, see `hat_jax.data.blocks`)
     -> LookupConcatEmbedder     each block of L_B bytes -> one [D] vector (L_B lookups of D/L_B, concat)
     -> block decoder (Stack)    causal over the N block embeddings -> context embeddings [B, N, D]
     -> TokenDecoder             block j+1 is decoded from the context of block j only; blocks are
@@ -23,21 +23,22 @@ looked up, and the output heads stay at `vocab_size` rows, so they are never pre
 Block j's L_B tokens are predicted from the context of blocks 0..j-1, so block 0 of a row is never a
 target (the paper's training rule); `BlockTransformer.__call__` returns logits for blocks 1..N-1.
 
-`VanillaLM` is the token-level baseline of the same family (same RMSNorm / RoPE / SwiGLU / GQA layers).
+The token-level baseline of the same family (same RMSNorm / RoPE / SwiGLU / GQA layers) is
+`hat_jax.models.decoder_lm.DecoderLM` with a pad row (task "vanilla_lm").
 
-Both models expose step methods with explicit KV caches for `hat_jax.generate.block_engine`.
+The model exposes step methods with explicit KV caches for `hat_jax.generate.block_engine`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hat_jax.kernels import MaskSpec
+from hat_jax.models.decoder_lm import DecoderLMConfig, TokenVocab
 from hat_jax.models.layers import (
     Block, KVCache, Layer, RMSNorm, Stack, StackConfig, caches_length, dataclass_from_config, dense_init, embed_init,
     lm_head, stack_mask)
@@ -54,25 +55,8 @@ def _logical(init, axes):
 # --------------------------------------------------------------------------------------------------
 
 
-class _ByteVocab:
-  """For configs with `vocab_size`, `vocab_pad_to_multiple` and `dtype` fields: the pad id (one past the
-  vocabulary), the row count of input embedding tables (vocabulary + pad, rounded up), the compute dtype."""
-
-  @property
-  def jnp_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def pad_id(self) -> int:
-    return self.vocab_size
-
-  @property
-  def input_vocab_size(self) -> int:
-    return -(-(self.vocab_size + 1) // self.vocab_pad_to_multiple) * self.vocab_pad_to_multiple
-
-
 @dataclasses.dataclass(frozen=True)
-class BlockTransformerConfig(_ByteVocab):
+class BlockTransformerConfig(TokenVocab):
   """Shapes of a Block Transformer. D_emb = block_decoder.d_model / block_len (lookup + concat)."""
 
   block_decoder: StackConfig
@@ -86,9 +70,12 @@ class BlockTransformerConfig(_ByteVocab):
   vocab_pad_to_multiple: int = 1
   attention_impl: str = "xla"
   dtype: str = "float32"  # compute dtype ("bfloat16" with float32 params = mixed precision)
+  # Always: `pad_id = vocab_size` pads blocks (first-block, end-of-document and prompt padding) and is the
+  # start token of the summation / cross-attention token decoders. Not a field (nothing to configure).
+  pad_row = True
 
   def __post_init__(self):
-    _check_vocab(self.vocab_size, self.vocab_pad_to_multiple)
+    self.check_vocab()
     if not isinstance(self.block_len, int) or self.block_len < 1:
       raise ValueError(f"block_len (L_B) must be a positive int, got {self.block_len!r}.")
     if self.decoding not in DECODINGS:
@@ -117,30 +104,9 @@ class BlockTransformerConfig(_ByteVocab):
     return dataclass_from_config(cls, cfg, "Block Transformer", stacks=("block_decoder", "token_decoder"))
 
 
-@dataclasses.dataclass(frozen=True)
-class VanillaConfig(_ByteVocab):
-  decoder: StackConfig
-  vocab_size: int = 256
-  vocab_pad_to_multiple: int = 1  # as in BlockTransformerConfig
-  attention_impl: str = "xla"
-  dtype: str = "float32"  # as in BlockTransformerConfig
-
-  def __post_init__(self):
-    _check_vocab(self.vocab_size, self.vocab_pad_to_multiple)
-
-  @classmethod
-  def from_config(cls, cfg) -> "VanillaConfig":
-    return dataclass_from_config(cls, cfg, "vanilla LM", stacks=("decoder",))
-
-
-def _check_vocab(vocab_size, multiple) -> None:
-  if not isinstance(vocab_size, int) or vocab_size < 2:
-    raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}.")
-  if not isinstance(multiple, int) or multiple < 1:
-    raise ValueError(f"vocab_pad_to_multiple must be a positive int (e.g. the tensor-parallel size), "
-                     f"got {multiple!r}.")
-
-
+# The vanilla baseline's config is a `DecoderLMConfig`; this name stays for its importers
+# (tests/test_paper_configs.py).
+VanillaConfig = DecoderLMConfig
 
 
 def _check_tokens(tokens: jax.Array, block_len: int) -> None:
@@ -149,7 +115,7 @@ def _check_tokens(tokens: jax.Array, block_len: int) -> None:
   if tokens.shape[1] % block_len:
     raise ValueError(
         f"seq_len ({tokens.shape[1]}) must be a multiple of block_len ({block_len}); lay rows out "
-        "with hat_jax.train.block_tasks.block_align or left-pad prompts with pad_id.")
+        "with hat_jax.data.blocks.block_align or left-pad prompts with pad_id.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,35 +307,3 @@ class BlockTransformer(nn.Module):
     start = self.cfg.first_step_len + k - 1
     logits, caches = td.decode(td.next_input(ctx_vecs, byte, k), ctx_vecs, start=start, caches=caches)
     return logits[:, -1], caches
-
-
-class VanillaLM(nn.Module):
-  """Token-level decoder-only transformer over bytes (the baseline): embed -> Stack -> norm -> head."""
-
-  cfg: VanillaConfig
-
-  def setup(self):
-    cfg = self.cfg
-    dtype = cfg.jnp_dtype
-    self.embed = nn.Embed(cfg.input_vocab_size, cfg.decoder.d_model, embedding_init=embed_init(), dtype=dtype,
-                          name="embed")
-    self.decoder = Stack(cfg.decoder, stack_mask(cfg.decoder), cfg.attention_impl, dtype, name="decoder")
-    self.final_norm = RMSNorm(cfg.decoder.norm_eps, dtype, name="final_norm")
-    self.head = lm_head(cfg.vocab_size, dtype=dtype, name="head")
-
-  def __call__(self, tokens, *, segment_ids=None, positions=None, caches=None):
-    """tokens [B, T] -> logits [B, T, V] (position t predicts token t+1), caches."""
-    if tokens.ndim != 2:
-      raise ValueError(f"tokens must be [batch, seq_len], got shape {tokens.shape}.")
-    if segment_ids is None:
-      segment_ids = jnp.ones_like(tokens)
-    if positions is None:
-      start = 0 if caches is None else caches_length(caches)[:, None]
-      positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
-      positions = jnp.broadcast_to(positions, tokens.shape)
-    x, caches = self.decoder(self.embed(tokens), positions=positions, segment_ids=segment_ids, caches=caches)
-    return self.head(self.final_norm(x)).astype(jnp.float32), caches
-
-
-def param_count(params: Any) -> int:
-  return sum(x.size for x in jax.tree.leaves(params))

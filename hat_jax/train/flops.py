@@ -20,9 +20,9 @@ Convention (MaxText / PaLM-appendix style, written down once here and tested in 
     a block-causal one (VAR) every key of its own and earlier blocks, a cross-attention all its keys.
     Segment (document) boundaries inside a packed row are ignored: the row counts as one sequence.
     `attention="xla"` counts what the plain-jnp "xla" attention path executes instead: the blocked path's
-    key blocks for windowed stacks that mask by index (HAT tfree, bytes: `blocked=True`), dense S x S for
-    every other self-attention (explicit positions run the dense reference path whatever the mask);
-    it exists to cross-check this module against XLA's cost analysis.
+    key blocks for windowed stacks that mask by index (HAT tfree, decoder LMs with `mask_by_index`:
+    `blocked=True`), dense S x S for every other self-attention (explicit positions run the dense
+    reference path whatever the mask); it exists to cross-check this module against XLA's cost analysis.
   * Positions are the batch's array shapes (padding included: the device computes on it), so a HAT
     step costs the byte levels per byte slot and the backbone per word slot of the actual batch, and a
     paper HAT every word slot's max_word_bytes + 1 positions. Positions a model computes and then drops
@@ -45,8 +45,8 @@ HAT paper (task "hat", variant "paper"), per row of W word slots, n = max_word_b
   encoder: W bidirectional stacks over n ([W] + bytes; the stack's window is not used) |
   pool: to_backbone 2*W*d_enc*D + to_decoder 2*W*D*d_dec | backbone stack over W (causal, its window) |
   decoder: W causal stacks over n ([p; bytes], no window) | lm head 2*W*n*d_dec*256.
-Bytes baseline (task "bytes"), per row of S: stack over S | head 2*S*d*256.
-Vanilla LM (task "vanilla_lm"), per row of S tokens: stack over S | head 2*S*d*V (V = vocab_size).
+Decoder LM (`hat_jax.models.decoder_lm`: tasks "bytes" and "vanilla_lm"), per row of S tokens:
+  stack over S | head 2*S*d*V (V = vocab_size, 256 for bytes).
 Block Transformer (task "block_transformer"), per row of S tokens, N = S / L_B blocks, N - 1 decoded
   blocks (block 0 is never a target), T = token_context (prefix_len + L_B - 1, or L_B), n_ctx context
   vectors per block (prefix_len for "prefix", L_B otherwise), D = block width, d = token width:
@@ -75,7 +75,6 @@ count for the whole run next to it as `flops_exact`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,9 +89,9 @@ BYTE_VOCAB = 256  # hat_jax.data.splitter.VOCAB_SIZE; kept literal so this modul
 # A config that lacks one is a ValueError (so `step_flops_or_none` gives None), not an AttributeError.
 _CONFIG_NEEDS = {
     "hat": ("model.encoder", "model.backbone", "model.decoder", "data"),
-    "bytes": ("model.stack",),
+    "bytes": ("model",),  # the stack section is checked by DecoderLMConfig.from_config (a ValueError)
     "block_transformer": ("model.block_decoder", "model.token_decoder"),
-    "vanilla_lm": ("model.decoder",),
+    "vanilla_lm": ("model",),
     "var": ("model.stack", "tokenizer.model"),
 }
 _SHAPE_NEEDS = {"hat": ("data.seq_bytes",), "bytes": ("data.seq_bytes",), "block_transformer": ("data.seq_len",),
@@ -244,12 +243,13 @@ def block_transformer_forward_flops(model_cfg: Mapping[str, Any], seq_len: int, 
   }
 
 
-def vanilla_lm_forward_flops(model_cfg: Mapping[str, Any], seq_len: int, *, attention: str = "causal"
+def decoder_lm_forward_flops(model_cfg: Mapping[str, Any], seq_len: int, *, attention: str = "causal"
                              ) -> dict[str, float]:
-  """Per-level forward FLOPs of ONE row of the vanilla byte LM (`config.model`, task "vanilla_lm")."""
-  from hat_jax.models.block_transformer import VanillaConfig  # pylint: disable=g-import-not-at-top
-  cfg = VanillaConfig.from_config(model_cfg)
-  out = transformer_lm_flops(cfg.decoder, seq_len, 1, cfg.vocab_size, attention=attention, blocked=False)
+  """Per-level forward FLOPs of ONE row of a decoder LM (`config.model` of tasks "bytes", "vanilla_lm")."""
+  from hat_jax.models.decoder_lm import DecoderLMConfig  # pylint: disable=g-import-not-at-top
+  cfg = DecoderLMConfig.from_config(model_cfg)
+  out = transformer_lm_flops(cfg.decoder, seq_len, 1, cfg.vocab_size, attention=attention,
+                             blocked=cfg.mask_by_index)
   return {k[len("forward/"):]: v for k, v in out.items() if k.startswith("forward/")}
 
 
@@ -318,24 +318,24 @@ def training_flops(config, batch: Mapping[str, Any] | None = None, *, attention:
                      f"use transformer_lm_flops / stack_forward_flops in hat_jax.train.flops for a new task.")
   shape_needs = () if batch is not None else ("train.batch_size", *_SHAPE_NEEDS[task])
   _require(config, task, *_CONFIG_NEEDS[task], *shape_needs)
-  if task in ("hat", "bytes"):
+  if task == "hat":
     if batch is not None:
       b, s = _shape(batch, "bytes", task)[:2]
       w = _shape(batch, "word_lengths", task)[1] if "word_lengths" in batch else int(config.data.get("seq_words", 0))
     else:
       b, s = int(config.train.batch_size), int(config.data.seq_bytes)
       w = int(config.data.get("seq_words", 0))
-    if task == "hat":
-      row = hat_forward_flops(config.model, s, w, max_word_bytes=config.data.get("max_word_bytes"),
-                              attention=attention)
-      return _finish({k: b * v for k, v in row.items()})
-    return transformer_lm_flops(Stack.from_config(config.model.stack), s, b, BYTE_VOCAB, attention=attention)
-  if task in ("block_transformer", "vanilla_lm"):
+    row = hat_forward_flops(config.model, s, w, max_word_bytes=config.data.get("max_word_bytes"),
+                            attention=attention)
+    return _finish({k: b * v for k, v in row.items()})
+  if task in ("bytes", "block_transformer", "vanilla_lm"):
+    # Rows: packed bytes ("bytes": HAT's batches) or block-aligned tokens (the Block Transformer's).
+    key, length = ("bytes", "seq_bytes") if task == "bytes" else ("tokens", "seq_len")
     if batch is not None:
-      b, s = _shape(batch, "tokens", task)[:2]
+      b, s = _shape(batch, key, task)[:2]
     else:
-      b, s = int(config.train.batch_size), int(config.data.seq_len)
-    row_fn = block_transformer_forward_flops if task == "block_transformer" else vanilla_lm_forward_flops
+      b, s = int(config.train.batch_size), int(config.data[length])
+    row_fn = block_transformer_forward_flops if task == "block_transformer" else decoder_lm_forward_flops
     return _finish({k: b * v for k, v in row_fn(config.model, s, attention=attention).items()})
   cfg = var_model_config(config)  # task == "var"
   if batch is not None:
@@ -375,24 +375,12 @@ def six_nd_flops(config, params: Mapping[str, int]) -> float:
   return 6.0 * params["params_non_embedding"] * pos["bytes"]
 
 
-def mfu(train_flops_per_step: float, steps_per_sec: float, num_devices: int, device_kind: str) -> float | None:
-  """Model FLOPs utilisation in [0, 1], or None when the device has no peak entry (CPU: "n/a")."""
-  peak = metrics_lib.device_peak_flops(device_kind)
-  if peak is None or num_devices < 1 or not math.isfinite(steps_per_sec):
-    return None
-  return train_flops_per_step * steps_per_sec / (num_devices * peak[0])
-
-
 def describe_peak(device_kind: str) -> str:
   """One line for logs: the peak used and its source, or why MFU is n/a."""
   peak = metrics_lib.device_peak_flops(device_kind)
   if peak is None:
     return f"MFU n/a: no peak FLOP/s entry for device kind {device_kind!r}"
   return f"MFU against {peak[0] / 1e12:.0f} TFLOP/s per device ({peak[1]})"
-
-
-def format_mfu(value: float | None) -> str:
-  return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def step_flops_or_none(config, batch: Mapping[str, Any] | None = None) -> float | None:

@@ -3,71 +3,26 @@
 Both tasks read `config.data` (corpus, packing) identically, so a HAT and a byte baseline trained with
 the same data config and seed see exactly the same bytes in the same order.
 
-`config.data.corpus` is "toy" (built in), a prepared corpus of `hat_jax.data.corpora` (packed in
-memory by `pipeline`), or "tfds:<name>" (e.g. "tfds:wiki40b/en", "tfds:c4/en:3.1.0"): an ArrayRecord
-TFDS dataset under `data.tfds_data_dir`, read and packed as a stream by `streaming` (splits
-`data.tfds_train_split` / `data.tfds_eval_split`, text feature `data.text_key`).
+Documents come from `config.data.corpus` (`hat_jax.data.documents`): a corpus held in memory is packed
+by `pipeline`, a "tfds:<name>" corpus is read and packed as a stream by `streaming`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hat_jax.data import pipeline, streaming
-from hat_jax.data.splitter import WordSplitter
+from hat_jax.data import documents, pipeline, streaming
+from hat_jax.data.batching import stack_rows
+from hat_jax.data.splitter import BOS, EOD, VOCAB_SIZE, WordSplitter
 from hat_jax.generate.sampling import SamplingConfig
-from hat_jax.models.bytes_lm import BytesLM, BytesLMConfig
+from hat_jax.models import lm_metrics
+from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.hat import HATConfig, build_hat
 from hat_jax.train.task import Task
-
-# A tiny built-in corpus so tests and smoke runs need no prepared data ("toy"). Real runs use
-# `hat_jax.data.corpora` ("english", "german", ...), prepared by `python -m hat_jax.data prepare`.
-_TOY_SENTENCES = (
-    "The quick brown fox jumps over the lazy dog.", "A journey of a thousand miles begins with a single step.",
-    "She sells sea shells by the sea shore.", "Der schnelle braune Fuchs springt über den faulen Hund.",
-    "All that glitters is not gold; all who wander are not lost.", "To be, or not to be: that is the question.",
-    "It was the best of times, it was the worst of times.", "Call me Ishmael. Some years ago, never mind how long.",
-)
-
-
-def toy_documents(split: str, num_docs: int = 64) -> list[bytes]:
-  rng = np.random.default_rng(0 if split == "train" else 1)
-  docs = []
-  for _ in range(num_docs):
-    picks = rng.integers(0, len(_TOY_SENTENCES), size=rng.integers(2, 8))
-    docs.append(" ".join(_TOY_SENTENCES[i] for i in picks).encode())
-  return docs
-
-
-TFDS_PREFIX = "tfds:"
-
-
-def load_documents(data_cfg, split: str) -> Sequence[bytes]:
-  """Documents of `split` ("train" or "validation"); random access, and lazy for TFDS corpora."""
-  corpus = data_cfg.corpus
-  if corpus == "toy":
-    return toy_documents(split)
-  if corpus.startswith(TFDS_PREFIX):
-    from hat_jax.data import tfds_source  # imported lazily: tensorflow_datasets is a heavy, optional import
-
-    name = corpus[len(TFDS_PREFIX):]
-    if not name:
-      raise ValueError(f"data.corpus={corpus!r} names no dataset; expected e.g. 'tfds:wiki40b/en' or "
-                       "'tfds:c4/en:3.1.0'.")
-    tfds_split = data_cfg.tfds_train_split if split == "train" else data_cfg.tfds_eval_split
-    return tfds_source.tfds_documents(name, tfds_split, data_cfg.tfds_data_dir or None, data_cfg.text_key)
-  from hat_jax.data import corpora  # imported lazily: only real corpora need it
-
-  if corpus not in corpora.CORPORA:
-    raise ValueError(f"Unknown data.corpus {corpus!r}; expected 'toy', one of {', '.join(corpora.CORPORA)} "
-                     f"(prepared with `python -m hat_jax.data prepare NAME`), or '{TFDS_PREFIX}<name>' for a "
-                     "prepared TFDS dataset (e.g. 'tfds:wiki40b/en').")
-  return corpora.load_corpus(corpus, split, cache_dir=data_cfg.cache_dir or None)
 
 
 class ByteLMTask(Task):
@@ -84,7 +39,7 @@ class ByteLMTask(Task):
 
   @property
   def _streaming(self) -> bool:
-    return self.config.data.corpus.startswith(TFDS_PREFIX)
+    return documents.is_tfds(self.config.data.corpus)
 
   @functools.cached_property
   def _cache_dir(self) -> str | None:
@@ -97,13 +52,14 @@ class ByteLMTask(Task):
   @functools.lru_cache(maxsize=2)
   def rows(self, split: str) -> pipeline.PackedRows:
     d = self.config.data
-    stream = pipeline.cached_stream(load_documents(d, split), self.splitter, self._cache_dir, f"{d.corpus}-{split}")
+    stream = pipeline.cached_stream(documents.load_documents(d, split), self.splitter, self._cache_dir,
+                                    f"{d.corpus}-{split}")
     return pipeline.PackedRows(stream, d.seq_bytes, d.seq_words)
 
   def train_iterator(self, seed, process_index=0, process_count=1):
     d, batch_size = self.config.data, self.config.train.batch_size
     if self._streaming:
-      return streaming.train_iterator(load_documents(d, "train"), self.splitter, d.seq_bytes, d.seq_words,
+      return streaming.train_iterator(documents.load_documents(d, "train"), self.splitter, d.seq_bytes, d.seq_words,
                                       batch_size, seed, process_index, process_count)
     return pipeline.train_iterator(self.rows("train"), batch_size, seed, process_index, process_count)
 
@@ -111,7 +67,7 @@ class ByteLMTask(Task):
   def eval_batches(self):
     d = self.config.data
     if self._streaming:
-      return streaming.eval_batches(load_documents(d, "validation"), self.splitter, d.seq_bytes, d.seq_words,
+      return streaming.eval_batches(documents.load_documents(d, "validation"), self.splitter, d.seq_bytes, d.seq_words,
                                     d.eval_batch_size, d.eval_batches)
     return pipeline.eval_batches(self.rows("validation"), d.eval_batch_size, d.eval_batches)
 
@@ -121,7 +77,7 @@ class ByteLMTask(Task):
   def dummy_batch(self) -> dict[str, np.ndarray]:
     row = pipeline.make_row(pipeline.encode_documents([b"hello world"], self.splitter),
                             np.array([0, 1, 6, 12, 13]), 0, 4, self.config.data.seq_bytes, self.config.data.seq_words)
-    return {k: np.stack([v]) for k, v in row.items()}
+    return stack_rows([row])
 
   def throughput_counts(self, batch) -> dict[str, float]:
     """Bytes and words per batch (real ones, padding excluded) for bytes/s and words/s."""
@@ -209,37 +165,41 @@ class HATTask(ByteLMTask):
 
 
 class BytesTask(ByteLMTask):
+  """The byte baseline: a `DecoderLM` over bytes, on HAT's packed rows and with HAT's byte metrics."""
 
   def __init__(self, config):
     super().__init__(config)
-    self.model_cfg = BytesLMConfig.from_config(config.model)
-    self.model = BytesLM(self.model_cfg)
+    self.model_cfg = DecoderLMConfig.from_config(config.model)
+    if self.model_cfg.vocab_size != VOCAB_SIZE:
+      raise ValueError(f"The byte baseline predicts bytes: model.vocab_size must be {VOCAB_SIZE}, got "
+                       f"{self.model_cfg.vocab_size}.")
+    self.model = DecoderLM(self.model_cfg)
+
+  def _logits(self, params, batch):
+    return self.model.apply(params, batch["bytes"], positions=batch["positions"],
+                            segment_ids=batch["segment_ids"])[0]
 
   def init_params(self, rng):
-    return self.model.init(rng, self.dummy_batch(), method=self.model.loss_and_metrics)
+    batch = self.dummy_batch()
+    return self.model.init(rng, batch["bytes"], positions=batch["positions"], segment_ids=batch["segment_ids"])
 
   def loss(self, params, batch, rng):
     del rng
-    return self.model.apply(params, batch, method=self.model.loss_and_metrics)
+    return lm_metrics.next_byte_metrics(self._logits(params, batch), batch)
 
   def decode_steps(self, batch_size: int) -> dict[str, tuple]:
-    """"byte": one byte through the cached stack (`hat_jax.generate.bytes_sampler`)."""
-    from hat_jax.models.layers import empty_caches
+    from hat_jax.generate.block_engine import decoder_lm_steps
 
-    stack, model, b = self.model_cfg.stack, self.model, batch_size
-    caches = jax.eval_shape(lambda: empty_caches(stack, b, self.config.data.seq_bytes, jnp.dtype(self.model_cfg.dtype)))
-    ints = jax.ShapeDtypeStruct((b, 1), jnp.int32)
-    return {"byte": (lambda params, ids, pos, seg, caches: model.apply(params, ids, pos, seg, caches),
-                     (ints, ints, ints, caches))}
+    return decoder_lm_steps(self.model_cfg, batch_size, int(self.config.data.seq_bytes))
 
   def sample(self, params, rng) -> str:
-    from hat_jax.generate.bytes_sampler import generate_bytes
+    """`num_samples` continuations of BOS + prompt, each up to `max_new_bytes` or its EOD."""
+    from hat_jax.generate.block_engine import continue_prompts
 
     s = self.config.sample
-    prompt = s.prompt.encode()
-    outs = generate_bytes(self.model, params, [prompt] * s.num_samples, s.max_new_bytes, rng,
-                          self.sampling_config())
-    return "\n---\n".join(s.prompt + o.decode("utf-8", errors="replace") for o in outs)
+    outs = continue_prompts(self.model_cfg, params, [bytes([BOS]) + s.prompt.encode()] * s.num_samples, rng,
+                            num_new=int(s.max_new_bytes), sampling=self.sampling_config(), eos_id=EOD)
+    return "\n---\n".join(s.prompt + bytes(o.astype(np.uint8)).decode("utf-8", errors="replace") for o in outs)
 
 
 TASKS = {"hat": HATTask, "bytes": BytesTask}

@@ -13,6 +13,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("array_record")  # tfds.data_source reads (and mock_data patches) ArrayRecord
 
 from configs import hat as hat_config  # noqa: E402
+from hat_jax.data import documents  # noqa: E402
 from hat_jax.data.tfds_source import TfdsDocuments, tfds_documents  # noqa: E402
 from hat_jax.train import lm_tasks, trainer  # noqa: E402
 
@@ -101,9 +102,9 @@ def test_hat_trains_on_a_tfds_corpus_and_its_data_state_resumes(tmp_path):
 
 def test_tfds_corpus_errors(tmp_path):
   with pytest.raises(ValueError, match="names no dataset"):
-    lm_tasks.load_documents(tfds_hat_config(tmp_path, corpus="tfds:").data, "train")
+    documents.load_documents(tfds_hat_config(tmp_path, corpus="tfds:").data, "train")
   with pytest.raises(ValueError, match=r"Unknown data.corpus 'wiki40b'.*'tfds:<name>'"):
-    lm_tasks.load_documents(tfds_hat_config(tmp_path, corpus="wiki40b").data, "train")
+    documents.load_documents(tfds_hat_config(tmp_path, corpus="wiki40b").data, "train")
   config = tfds_hat_config(tmp_path)
   with pytest.raises(RuntimeError, match="never downloads"):  # nothing prepared under tmp_path
     lm_tasks.HATTask(config).eval_batches()

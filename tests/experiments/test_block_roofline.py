@@ -5,11 +5,12 @@ import pytest
 from configs import block_transformer as block_configs
 from configs import vanilla_lm as vanilla_configs
 from experiments.block_throughput import roofline
-from hat_jax.models.block_transformer import BlockTransformerConfig, VanillaConfig
+from hat_jax.models.block_transformer import BlockTransformerConfig
+from hat_jax.models.decoder_lm import DecoderLMConfig
 
 
 def _small():
-  return (VanillaConfig.from_config(vanilla_configs.get_config("small").model),
+  return (DecoderLMConfig.from_config(vanilla_configs.get_config("small").model),
           BlockTransformerConfig.from_config(block_configs.get_config("small").model))
 
 

@@ -5,10 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hat_jax.generate.block_engine import block_generate, generate, layout_prompt, stack_prompts, vanilla_generate
+from hat_jax.data.batching import stack_prompts
+from hat_jax.generate.block_engine import (
+    block_generate, continue_prompts, decoder_lm_generate, generate, layout_prompt)
 from hat_jax.generate.sampling import SamplingConfig
-from hat_jax.models.block_transformer import (
-    DECODINGS, BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM)
+from hat_jax.models.block_transformer import DECODINGS, BlockTransformer, BlockTransformerConfig
+from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.layers import StackConfig
 from tests import jit_helpers
 
@@ -23,6 +25,13 @@ def block_setup(decoding):
   cfg = BlockTransformerConfig(stack(16), stack(16), decoding=decoding)
   model = BlockTransformer(cfg)
   return cfg, model, jit_helpers.init(model, jax.random.key(0), jnp.zeros((1, 2 * L), jnp.int32))
+
+
+def decoder_setup(pad_row=True):
+  """The vanilla baseline's shape (with the pad row) or the byte baseline's (without)."""
+  cfg = DecoderLMConfig(stack(16), pad_row=pad_row)
+  model = DecoderLM(cfg)
+  return cfg, model, jit_helpers.init(model, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
 
 
 def prompt(batch=2, length=7, seed=3):
@@ -42,12 +51,10 @@ def test_block_cached_generation_equals_uncached_logits(decoding):
   np.testing.assert_array_equal(out, np.argmax(np.asarray(ref), axis=-1))  # greedy
 
 
-def test_vanilla_cached_generation_equals_uncached_logits():
-  cfg = VanillaConfig(stack(16))
-  model = VanillaLM(cfg)
-  params = jit_helpers.init(model, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+def test_decoder_lm_cached_generation_equals_uncached_logits():
+  cfg, model, params = decoder_setup()
   p = prompt(length=5)
-  out, logits = vanilla_generate(cfg, params, p, jax.random.key(1), num_new=6, return_logits=True)
+  out, logits = decoder_lm_generate(cfg, params, p, jax.random.key(1), num_new=6, return_logits=True)
   ref, _ = jit_helpers.apply(model, params, jnp.concatenate([p, out], axis=1))
   np.testing.assert_allclose(logits, ref[:, 4:-1], atol=2e-5, rtol=1e-5)
   np.testing.assert_array_equal(out, np.argmax(np.asarray(ref[:, 4:-1]), axis=-1))
@@ -85,9 +92,7 @@ def test_engine_errors():
     block_generate(cfg, params, prompt(), jax.random.key(0), num_new=4, prompt_lengths=np.array([7]))
   with pytest.raises(ValueError, match=r"eos_id must be None .* in \[0, 256\)"):
     block_generate(cfg, params, prompt(), jax.random.key(0), num_new=4, eos_id=256)
-  with pytest.raises(ValueError, match="no empty ones"):
-    stack_prompts([b"ab", b""], 256)
-  with pytest.raises(TypeError, match="BlockTransformerConfig or VanillaConfig"):
+  with pytest.raises(TypeError, match="BlockTransformerConfig or DecoderLMConfig"):
     generate(object(), params, prompt(), jax.random.key(0), num_new=4)
 
 
@@ -95,12 +100,6 @@ def test_engine_errors():
 
 
 RAGGED = [b"abcdefghi", b"xy", b"12345"]  # 3 blocks, 1 block (+ 2 pad blocks), 2 blocks (+ 1 pad block)
-
-
-def test_stack_prompts():
-  prompt, lengths = stack_prompts([b"ab", [7, 8, 9]], 256)
-  np.testing.assert_array_equal(prompt, [[97, 98, 256], [7, 8, 9]])
-  np.testing.assert_array_equal(lengths, [2, 3])
 
 
 def test_block_ragged_prompts_generate_as_if_alone_and_match_uncached_logits():
@@ -127,28 +126,26 @@ def test_block_ragged_prompts_generate_as_if_alone_and_match_uncached_logits():
     np.testing.assert_array_equal(out[b], alone[0])
 
 
-def test_vanilla_ragged_prompts_generate_as_if_alone_and_match_uncached_logits():
-  cfg = VanillaConfig(stack(16))
-  model = VanillaLM(cfg)
-  params = jit_helpers.init(model, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+@pytest.mark.parametrize("pad_row", [True, False], ids=["vanilla", "bytes"])
+def test_decoder_lm_ragged_prompts_generate_as_if_alone_and_match_uncached_logits(pad_row):
+  cfg, model, params = decoder_setup(pad_row)
   prompt, lengths = stack_prompts([b"abcdef", b"x", b"xyz"], cfg.pad_id)
-  out, logits = vanilla_generate(cfg, params, prompt, jax.random.key(1), num_new=5, prompt_lengths=lengths,
-                                 return_logits=True)
+  out, logits = decoder_lm_generate(cfg, params, prompt, jax.random.key(1), num_new=5, prompt_lengths=lengths,
+                                    return_logits=True)
   for b, n in enumerate(lengths):
     full = jnp.concatenate([prompt[b:b + 1, :n], out[b:b + 1]], axis=1)
     ref, _ = jit_helpers.apply(model, params, full)
     np.testing.assert_allclose(logits[b], ref[0, n - 1:-1], atol=2e-5, rtol=1e-5)
-    alone = vanilla_generate(cfg, params, prompt[b:b + 1, :n], jax.random.key(1), num_new=5)
+    alone = decoder_lm_generate(cfg, params, prompt[b:b + 1, :n], jax.random.key(1), num_new=5)
     np.testing.assert_array_equal(out[b], alone[0])
 
 
-@pytest.mark.parametrize("model_kind", ["block", "vanilla"])
+@pytest.mark.parametrize("model_kind", ["block", "vanilla", "bytes"])
 def test_eos_stops_rows_and_returns_lengths(model_kind):
   if model_kind == "block":
     cfg, _, params = block_setup("prefix")
   else:
-    cfg = VanillaConfig(stack(16))
-    params = jit_helpers.init(VanillaLM(cfg), jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    cfg, _, params = decoder_setup(pad_row=model_kind == "vanilla")
   p, num_new = prompt(batch=3, length=5), 3 * L
   full = np.asarray(generate(cfg, params, p, jax.random.key(1), num_new=num_new))
   eos = int(full[0, 5])  # row 0 stops at byte 5 or earlier; the others wherever (if ever) they emit it
@@ -172,3 +169,18 @@ def test_eos_exits_the_loop_early():
   np.testing.assert_array_equal(out[:, 1:], cfg.pad_id)
   assert np.abs(np.asarray(logits[:, :L])).min() > 0  # block 0 decoded
   np.testing.assert_array_equal(logits[:, L:], 0.0)  # blocks 1, 2 never run
+
+
+@pytest.mark.parametrize("model_kind", ["block", "bytes"])
+def test_continue_prompts_cuts_each_row_at_its_length(model_kind):
+  cfg, _, params = block_setup("prefix") if model_kind == "block" else decoder_setup(pad_row=False)
+  prompts, num_new = [b"abcdefghi", b"xy"], 2 * L
+  prompt, lengths = stack_prompts(prompts, cfg.pad_id)
+  full = np.asarray(generate(cfg, params, prompt, jax.random.key(1), num_new=num_new, prompt_lengths=lengths))
+  outs = continue_prompts(cfg, params, prompts, jax.random.key(1), num_new=num_new)
+  assert [o.tolist() for o in outs] == full.tolist()
+  eos = int(full[1, 2])
+  stopped = continue_prompts(cfg, params, prompts, jax.random.key(1), num_new=num_new, eos_id=eos)
+  for row, out in zip(full, stopped):
+    hits = np.flatnonzero(row == eos)
+    np.testing.assert_array_equal(out, row[:hits[0] + 1] if hits.size else row)

@@ -1,5 +1,5 @@
-"""Block Transformer + vanilla baseline: shapes, causal / block / segment masks, layout and padding, configs,
-tensor-parallel sharding."""
+"""Block Transformer + vanilla baseline: shapes, causal / block / segment masks, the shared scoring of
+block-aligned rows, configs and tasks, tensor-parallel sharding. The row layout itself: tests/data/test_blocks.py."""
 
 import importlib
 
@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from hat_jax import sharding
-from hat_jax.models.block_transformer import (
-    DECODINGS, BlockTransformer, BlockTransformerConfig, VanillaConfig, VanillaLM)
+from hat_jax.data.batching import stack_rows
+from hat_jax.data.blocks import DocumentWindows, aligned_row, eval_rows
+from hat_jax.models.block_transformer import DECODINGS, BlockTransformer, BlockTransformerConfig
+from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.layers import StackConfig
-from hat_jax.train.block_tasks import (
-    PAD_ID, TASKS, DocumentWindows, aligned_row, block_align, block_loss, eval_rows, vanilla_loss)
+from hat_jax.train.block_tasks import TASKS, block_loss, vanilla_loss
 from tests import jit_helpers
 
 L = 4
@@ -84,87 +85,18 @@ def test_segments_isolate_documents_at_block_level():
   assert np.abs(np.asarray(both[0, 2:5] - get(aligned_row([doc_b], 32, L, [2]))[0, 0:3])).max() < 1e-5
 
 
-def test_vanilla_shapes_and_causality():
-  model = VanillaLM(VanillaConfig(stack(16, 2)))
-  params = jit_helpers.init(model, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
-  tokens = rand_tokens((2, 12))
-  logits, caches = jit_helpers.apply(model, params, tokens)
-  assert logits.shape == (2, 12, 256) and caches is None
-  changed, _ = jit_helpers.apply(model, params, tokens.at[:, 5].set(0))
-  diff = np.abs(np.asarray(changed - logits)).max(axis=(0, 2))
-  np.testing.assert_array_equal(diff[:5], 0.0)
-  assert diff[5:].min() > 0
-
-
-# -- layout and padding -------------------------------------------------------------------------------
-
-
-def test_aligned_row_layout():
-  row = aligned_row([np.arange(5) + 1, np.arange(6) + 100], 24, L, [3, 0])
-  # doc 1: 3 pads + 5 bytes = 8 = 2 blocks; doc 2: 6 bytes -> 8 (2 pad); then 8 padding slots.
-  np.testing.assert_array_equal(row["tokens"][:8], [PAD_ID] * 3 + [1, 2, 3, 4, 5])
-  np.testing.assert_array_equal(row["tokens"][8:16], list(range(100, 106)) + [PAD_ID] * 2)
-  np.testing.assert_array_equal(row["segment_ids"], [1] * 8 + [2] * 8 + [0] * 8)
-  np.testing.assert_array_equal(row["positions"][8:16], np.arange(8))
-  # Targets: real bytes outside each document's first block.
-  np.testing.assert_array_equal(np.flatnonzero(row["loss_mask"]), [4, 5, 6, 7, 12, 13])
-
-
-def test_aligned_row_truncates_and_rejects_bad_args():
-  row = aligned_row([np.arange(30)], 16, L, [2])
-  np.testing.assert_array_equal(row["tokens"][2:], np.arange(14))
-  with pytest.raises(ValueError, match="multiple of block_len"):
-    aligned_row([np.arange(3)], 10, L, [0])
-  with pytest.raises(ValueError, match="lead padding"):
-    aligned_row([np.arange(3)], 8, L, [L])
-
-
-def test_block_align_random_first_block_padding():
-  tokens = np.arange(2 * 32).reshape(2, 32) % 200
-  segs = np.array([[1] * 10 + [2] * 15 + [3] * 7, [1] * 32])
-  rng = np.random.default_rng(0)
-  leads = set()
-  for _ in range(20):
-    out = block_align(tokens, segs, L, rng, seq_len=48)
-    for r in range(2):
-      seg = out["segment_ids"][r]
-      starts = np.flatnonzero(np.diff(np.concatenate([[0], seg])) != 0)
-      starts = starts[seg[starts] != 0]
-      assert np.all(starts % L == 0)  # every document starts at a block boundary
-      for s in starts:
-        lead = int(np.argmax(out["tokens"][r, s:] != PAD_ID))
-        assert 0 <= lead < L
-        leads.add(lead)
-    # Every input byte survives (48 slots are enough here), in order.
-    kept = out["tokens"][0][out["tokens"][0] != PAD_ID]
-    np.testing.assert_array_equal(kept, tokens[0])
-  assert leads == set(range(L))
-  fixed = block_align(tokens, segs, L, None, lead_pad=L - 1, seq_len=48)
-  np.testing.assert_array_equal(fixed["tokens"][1, :L], [PAD_ID] * 3 + [tokens[1, 0]])
-  with pytest.raises(ValueError, match="rng"):
-    block_align(tokens, segs, L, None)
+# -- scoring ------------------------------------------------------------------------------------------
 
 
 def test_both_models_score_the_same_bytes():
-  rows = eval_rows([bytes(range(60)), bytes(range(100, 140))], 16, L, max_rows=10)
-  batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+  batch = {k: jnp.asarray(v) for k, v in stack_rows(eval_rows([bytes(range(60)), bytes(range(100, 140))], 16, L,
+                                                               max_rows=10)).items()}
   bt = BlockTransformer(block_cfg())
-  va = VanillaLM(VanillaConfig(stack(16)))
+  va = DecoderLM(DecoderLMConfig(stack(16), pad_row=True))
   _, mb = block_loss(bt, init(bt), batch)
   _, mv = vanilla_loss(va, init(va), batch)
   assert float(mb["target_bytes"]) == float(mv["target_bytes"]) == float(batch["loss_mask"].sum()) > 0
   assert np.isfinite(float(mb["loss"])) and np.isfinite(float(mv["loss"]))
-
-
-def test_document_windows_deterministic_and_resumable():
-  docs = [bytes(range(200)), bytes(range(50, 250))]
-  a = DocumentWindows(docs, 3, 16, L, seed=5, random_pad=True)
-  first = [next(a) for _ in range(3)]
-  b = DocumentWindows(docs, 3, 16, L, seed=5, random_pad=True)
-  b.set_state({"step": 2})
-  np.testing.assert_array_equal(next(b)["tokens"], first[2]["tokens"])
-  assert a.get_state() == {"step": 3}
-  assert first[0]["tokens"].shape == (3, 16)
 
 
 # -- config errors ------------------------------------------------------------------------------------
@@ -192,8 +124,6 @@ def test_bad_config_errors_from_dicts_and_inputs():
     BlockTransformerConfig.from_config({"block_decoder": good["block_decoder"]})
   with pytest.raises(ValueError, match="window"):
     BlockTransformerConfig(StackConfig(16, 1, 2, 1, 8, 32, window=4), stack(16))
-  with pytest.raises(ValueError, match="Unknown vanilla LM config fields"):
-    VanillaConfig.from_config({"decoder": good["block_decoder"], "layers": 2})
   model = BlockTransformer(block_cfg())
   params = init(model)
   with pytest.raises(ValueError, match="multiple of block_len"):
@@ -220,6 +150,33 @@ def test_tiny_config_task_loss_and_sample(config_module):
   assert isinstance(text, str) and len(text.encode("utf-8", errors="surrogateescape")) >= 1
   with pytest.raises(ValueError, match="Unknown"):
     module.get_config("huge")
+
+
+@pytest.mark.parametrize("config_module", ["block_transformer", "vanilla_lm"])
+def test_tasks_read_the_corpus_as_block_aligned_rows(config_module):
+  config = importlib.import_module(f"configs.{config_module}").get_config("tiny")
+  config.data.corpus, config.data.eval_rows = "toy", 6
+  task = TASKS[config.task](config)
+  batch = next(task.train_iterator(0, process_index=1, process_count=2))  # half of the global batch of 4
+  assert batch["tokens"].shape == (2, 32) and np.all(batch["segment_ids"][:, 0] == 1)
+  assert [b["tokens"].shape for b in task.eval_batches()] == [(4, 32), (2, 32)]
+  assert {k: v.shape for k, v in task.batch_spec(3).items()} == {k: (3, 32) for k in batch}
+  with pytest.raises(ValueError, match="divisible by the process count 3"):
+    task.train_iterator(0, process_count=3)
+
+
+def test_task_config_errors():
+  config = importlib.import_module("configs.vanilla_lm").get_config("tiny")
+  config.model.pad_row = False
+  with pytest.raises(ValueError, match="padded with id 256.*pad row"):
+    TASKS[config.task](config)
+  config = importlib.import_module("configs.block_transformer").get_config("tiny")
+  config.model.vocab_size = 512
+  with pytest.raises(ValueError, match="vocab_size=256"):
+    TASKS[config.task](config)
+  config.model.vocab_size, config.data.corpus = 256, "tfds:wiki40b/en"
+  with pytest.raises(ValueError, match="TFDS corpora are streamed by the byte tasks"):
+    TASKS[config.task](config)
 
 
 def _sharded_init(task, mesh, rules):
