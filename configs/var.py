@@ -1,11 +1,13 @@
 """VAR (next-scale prediction) over the frozen multi-scale VQ tokens of configs/vqvae.py. `:small` or `:tiny`.
 
-  python -m hat_jax.main --config=configs/var.py:small --workdir=runs/var --mode=train_and_sample \
-      --config.tokenizer.params_path=runs/vqvae_small/vqvae_params.npz
+  python -m hat_jax.main --config=configs/vqvae.py:small --workdir=runs/vqvae_small --mode=train_and_sample
+  python -m hat_jax.main --config=configs/var.py:small --workdir=runs/var_small --mode=train_and_sample
 
 AdaLN transformer, block-causal over the 6 scales (130 positions), class embedding as start token and
 AdaLN condition, 10% label dropout for CFG; sampling ramps CFG linearly to `sample.cfg_scale`.
-`:tiny` expects a tokenizer exported by configs/vqvae.py:tiny (runs/vqvae_tiny/vqvae_params.npz).
+The tokenizer is the latest checkpoint of the VQVAE run in `config.tokenizer.workdir` (default
+runs/vqvae_<size>: `:tiny` reads the run of configs/vqvae.py:tiny; another run:
+`--config.tokenizer.workdir=...`, with the same tokenizer model).
 
 Paper scale (Tian et al. 2024, arXiv:2404.02905; FoundationVision/VAR, via
 /work/shared/reference/var_scaling.md §A.3-A.4), over configs/vqvae.py:var256 (VAR's 256 px tokenizer:
@@ -72,7 +74,7 @@ def paper_config(size: str, seed: int) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       stack=common.pod_stack(64 * depth, depth, depth, head_dim=64, qk_norm=True), attention_impl="pallas",
       cond_drop=0.1, dtype="bfloat16"))
-  config.tokenizer = tokenizer(PAPER_TOKENIZER, f"runs/vqvae_{PAPER_TOKENIZER}/vqvae_params.npz")
+  config.tokenizer = tokenizer(PAPER_TOKENIZER)
   config.data = image_data("synthetic", batch, config.tokenizer.model.image_size)
   config.sample = sample_block(f"runs/var_{size}", cfg_scale=1.5)
   config.sample.top_k, config.sample.top_p = 900, 0.96
@@ -90,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model_stack.qk_norm = True
   config.model = ml_collections.ConfigDict(dict(stack=model_stack, attention_impl="xla", cond_drop=0.1,
                                                 dtype="float32"))
-  config.tokenizer = tokenizer(arg.size, f"runs/vqvae_{arg.size}/vqvae_params.npz")
+  config.tokenizer = tokenizer(arg.size)
   config.data = image_data("synthetic" if arg.size == "tiny" else "mnist", batch)
   config.sample = sample_block(f"runs/var_{arg.size}", cfg_scale=2.0)
   return config

@@ -1,11 +1,11 @@
 """Multi-scale residual VQ tokenizer (VAR's VQVAE) on MNIST 16x16. `:small` (default) or `:tiny`, e.g.
 
-  python -m hat_jax.main --config=configs/vqvae.py:small --workdir=runs/vqvae --mode=train_and_sample \
-      --config.sample.output_dir=runs/vqvae
+  python -m hat_jax.main --config=configs/vqvae.py:small --workdir=runs/vqvae_small --mode=train_and_sample
 
-`--mode=sample` exports `<sample.output_dir>/vqvae_params.npz` (what configs/var.py and
-configs/raster_ar.py load as the frozen tokenizer) and a grid of test images over their reconstructions.
-Images: MNIST 28x28 zero-padded to 32x32 and 2x2 average-pooled to 16x16 (hat_jax/train/image_tasks.py);
+The run's checkpoints are the tokenizer: configs/var.py and configs/raster_ar.py restore the latest
+step's params from `config.tokenizer.workdir` (default `runs/vqvae_<size>`, this run's --workdir).
+`--mode=sample` writes a grid of test images over their reconstructions into `sample.output_dir`.
+Images: MNIST 28x28 zero-padded to 32x32 and 2x2 average-pooled to 16x16 (hat_jax/data/images.py);
 latent 8x8 (one stride-2 level), scales (1, 2, 3, 4, 6, 8) = 130 tokens, one shared 256-entry codebook.
 `:tiny` uses synthetic images (no download) and a few steps, for smoke tests.
 
@@ -18,7 +18,7 @@ convs = 36,992 params, the paper's "0.03M"); its conv encoder/decoder are this p
 ones (one ResBlock per level, no attention blocks; VAR: 2 ResBlocks per level and self-attention), so
 the tokenizer's total is smaller than VAR's. The VQVAE's params are not part of VAR's model count.
 VAR released no VQVAE training recipe (trained on OpenImages): batch, steps and lr here are
-placeholders. No RGB 256 px dataset exists in hat_jax.train.image_tasks (sources "mnist", 16/32 px
+placeholders. No RGB 256 px dataset exists in hat_jax.data.images (sources "mnist", 16/32 px
 grayscale, and "synthetic", grayscale): the data block names "synthetic" at 256 px so the config is
 complete for compiling, but a training run needs an RGB loader first. bfloat16 is not applicable (the
 VQVAE has no compute-dtype field); pure-FSDP mesh as the other paper-scale configs.
@@ -61,9 +61,12 @@ def size_model(size: str) -> ml_collections.ConfigDict:
   return vq_model(ch, vocab, z, **SHAPES.get(size, {}))
 
 
-def tokenizer(size: str, params_path: str) -> ml_collections.ConfigDict:
-  """`config.tokenizer` for tasks over VQ tokens: the tokenizer's model config and its exported params."""
-  return ml_collections.ConfigDict(dict(model=size_model(size), params_path=params_path))
+def tokenizer(size: str) -> ml_collections.ConfigDict:
+  """`config.tokenizer` for tasks over VQ tokens: the model config of this file's `size`, the run whose
+  latest checkpoint holds its params (`workdir`, the default --workdir of that run) and the --config
+  that trains it (named in the error when the run is missing)."""
+  return ml_collections.ConfigDict(dict(model=size_model(size), workdir=f"runs/vqvae_{size}",
+                                        train_config=f"configs/vqvae.py:{size}"))
 
 
 def sample_block(output_dir: str, cfg_scale: float = 0.0) -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
 """VAR vs raster-order AR vs Axial Transformer on MNIST 16x16, trained and measured in one run.
 
-1. Train the multi-scale VQ tokenizer (configs/vqvae.py) with the generic trainer, export its params
-   and report test reconstruction metrics.
+1. Train the multi-scale VQ tokenizer (configs/vqvae.py) with the generic trainer and report test
+   reconstruction metrics; its run (<workdir>/vqvae) is the tokenizer the next models restore.
 2. Train VAR (configs/var.py), the raster AR over the *same* 130 VQ tokens (configs/raster_ar.py) and
    the Axial Transformer over pixels (configs/axial.py) with the trainer, same step count and batch.
 3. Test NLL from the trainer's eval (on `--eval_examples` MNIST test images): bits per image over the VQ
@@ -13,7 +13,7 @@
    raster AR: one per token; Axial: H outer + H*W inner row passes).
 5. Write results.md / results.json and PNG grids of class-conditional samples into --workdir.
 
-  PYTHONPATH=. python experiments/images/benchmark.py --workdir=runs/images
+  python -m experiments.images.benchmark --workdir=runs/images   # from the repository root
 """
 
 from __future__ import annotations
@@ -29,17 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from configs import axial as axial_config  # noqa: E402
-from configs import raster_ar as raster_config  # noqa: E402
-from configs import var as var_config  # noqa: E402
-from configs import vqvae as vqvae_config  # noqa: E402
-from hat_jax.models import axial as axial_lib  # noqa: E402
-from hat_jax.models import raster_ar as raster_lib  # noqa: E402
-from hat_jax.models import var as var_lib  # noqa: E402
-from hat_jax.models.vqvae import MultiScaleVQVAE  # noqa: E402
-from hat_jax.train import image_tasks, trainer  # noqa: E402
+from configs import axial as axial_config
+from configs import raster_ar as raster_config
+from configs import var as var_config
+from configs import vqvae as vqvae_config
+from hat_jax.generate import images as image_gen
+from hat_jax.models.vqvae import MultiScaleVQVAE
+from hat_jax.train import trainer
 
 
 def configure(config, args, name: str):
@@ -55,7 +51,7 @@ def configure(config, args, name: str):
   config.data.source = args.source
   config.sample.output_dir = os.path.join(args.workdir, name)
   if "tokenizer" in config:
-    config.tokenizer.params_path = os.path.join(args.workdir, "vqvae", "vqvae_params.npz")
+    config.tokenizer.workdir = os.path.join(args.workdir, "vqvae")
   return config
 
 
@@ -125,17 +121,17 @@ def main():
   samplers = {}
   run, var_params, _ = trainer.restore_params(cfgs["var"], os.path.join(args.workdir, "var"))
   vt = run.task
-  samplers["var"] = (len(vt.var_cfg.scales), lambda key, labels, vt=vt, prm=var_params: var_lib.sample(
+  samplers["var"] = (len(vt.var_cfg.scales), lambda key, labels, vt=vt, prm=var_params: image_gen.sample_var(
       vt.model, prm, vt.vq, vt.vq_params, labels, key, cfg_scale=args.cfg_scale)[0])
   run, ar_params, _ = trainer.restore_params(cfgs["raster_ar"], os.path.join(args.workdir, "raster_ar"))
   rt = run.task
   samplers["raster_ar"] = (rt.ar_cfg.seq_len, lambda key, labels, rt=rt, prm=ar_params: rt.vq.apply(
-      rt.vq_params, raster_lib.sample(rt.model, prm, labels, key, cfg_scale=args.cfg_scale),
+      rt.vq_params, image_gen.sample_raster_ar(rt.model, prm, labels, key, cfg_scale=args.cfg_scale),
       method=MultiScaleVQVAE.decode))
   run, ax_params, _ = trainer.restore_params(cfgs["axial"], os.path.join(args.workdir, "axial"))
   at = run.task
   size = at.axial_cfg.image_size
-  samplers["axial"] = (size + size * size, lambda key, labels, at=at, prm=ax_params: axial_lib.sample(
+  samplers["axial"] = (size + size * size, lambda key, labels, at=at, prm=ax_params: image_gen.sample_axial(
       at.model, prm, labels, key))
   for nb in batches:
     labels = jnp.arange(nb, dtype=jnp.int32) % 10
@@ -145,8 +141,8 @@ def main():
       results[name].update({"sample_steps": steps, f"sample_seconds@{nb}": seconds[name],
                             f"images_per_sec@{nb}": nb / seconds[name]})
       if nb == grid_batch:
-        grid = image_tasks.image_grid(np.asarray(images[name]), rows=nb // 10)
-        image_tasks.write_png(os.path.join(args.workdir, f"samples_{name}.png"), grid)
+        grid = image_gen.image_grid(np.asarray(images[name]), rows=nb // 10)
+        image_gen.write_png(os.path.join(args.workdir, f"samples_{name}.png"), grid)
       print(name, f"{steps} sequential passes, {seconds[name]:.4f} s per {nb} images", flush=True)
 
   # 5. Table.

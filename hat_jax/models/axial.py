@@ -12,14 +12,14 @@ Reads like the paper's Figure 2 / `Transformer2d`:
 
 Axial attention is 1-D attention along one axis with the other axis as batch; it goes through
 `hat_jax.kernels.axial_attention`, whose `impl` (the model's `attention_impl`) picks XLA or Pallas.
-Sampling is semi-parallel: per row, the outer context runs once on the whole image, then only the
-inner decoder runs on that one row, once per pixel (H outer + H*W inner sequential passes).
+`context` and `inner_logits` are the two halves the semi-parallel sampler
+(`hat_jax.generate.images.sample_axial`) calls: per row, the outer context once on the whole image, then
+the inner decoder on that one row, once per pixel (H outer + H*W inner sequential passes).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import flax.linen as nn
@@ -27,10 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from hat_jax.kernels import axial_attention
-from hat_jax.models.layers import RMSNorm, SwiGLU, dense_init, lm_head
-from hat_jax.models.var import sample_top_k_top_p, small_normal
-from hat_jax.models.layers import dataclass_from_config
-from hat_jax.models.vqvae import check_images
+from hat_jax.models.layers import (RMSNorm, SwiGLU, check_images, dataclass_from_config, dense_init, lm_head,
+                                   small_normal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,27 +153,3 @@ def bits_per_dim(logits: jax.Array, pixels: jax.Array) -> jax.Array:
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, pixels[..., None], axis=-1)
   return jnp.mean(nll) / math.log(2.0)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
-def sample(model: AxialTransformer, params, labels: jax.Array, rng: jax.Array, *, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-  """Semi-parallel sampling, row by row. labels [B] -> uint8 images [B, H, W, 1]."""
-  size = model.cfg.image_size
-  batch = labels.shape[0]
-
-  def row_step(i, pixels):
-    u_i = jax.lax.dynamic_index_in_dim(model.apply(params, pixels, labels, method=AxialTransformer.context), i, 1)
-
-    def pixel_step(j, row):  # row [B, 1, W]
-      logits = model.apply(params, row, u_i, labels, i[None], method=AxialTransformer.inner_logits)
-      logit_j = jax.lax.dynamic_index_in_dim(logits[:, 0], j, 1, keepdims=False)  # [B, levels]
-      key = jax.random.fold_in(jax.random.fold_in(rng, i), j)
-      value = sample_top_k_top_p(key, logit_j, top_k=top_k, top_p=top_p, temperature=temperature)
-      return jax.lax.dynamic_update_index_in_dim(row, value[:, None], j, 2)
-
-    row = jax.lax.fori_loop(0, size, pixel_step, jnp.zeros((batch, 1, size), jnp.int32))
-    return jax.lax.dynamic_update_index_in_dim(pixels, row[:, 0], i, 1)
-
-  pixels = jax.lax.fori_loop(0, size, row_step, jnp.zeros((batch, size, size), jnp.int32))
-  return pixels.astype(jnp.uint8)[..., None]

@@ -11,6 +11,7 @@ decode step is `out, cache = block.apply(params, x, ..., cache=cache)`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -457,3 +458,31 @@ def unscan_layer_params(tree):
     n = jax.tree.leaves(stacked)[0].shape[0]
     return {f"layer_{i}": unscan_layer_params(jax.tree.map(lambda x, i=i: x[i], stacked)) for i in range(n)}
   return {k: unscan_layer_params(v) for k, v in tree.items()}
+
+
+# -- shared by the image models (VAR, raster AR, Axial Transformer, VQVAE) ---------------------------
+
+
+def small_normal(d_model: int, axes):
+  """N(0, 1 / (3 d_model)) with logical axes: VAR's init for its class, position and level tables, which
+  the other image models reuse so that their embeddings start at the same scale."""
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=math.sqrt(1.0 / (3 * d_model))), axes)
+
+
+def check_images(images: Any, image_size: int, channels: int) -> jax.Array:
+  """uint8/int images [B, H, W] or [B, H, W, C] in 0..255 -> int32 [B, H, W, C], with a clear error."""
+  given = shape = tuple(jnp.shape(images))
+  if len(shape) == 3 and channels == 1:
+    images = jnp.asarray(images)[..., None]
+    shape = shape + (1,)
+  expected = f"[batch, {image_size}, {image_size}, {channels}]" + (
+      f" (or [batch, {image_size}, {image_size}])" if channels == 1 else "")
+  if len(shape) != 4 or shape[1:3] != (image_size, image_size):
+    raise ValueError(
+        f"Expected images of shape {expected} with values 0..255, got shape {given}. Resize or pad the images "
+        f"(MNIST 28x28 is padded to 32 and 2x2-average-pooled to 16 by hat_jax.data.images."
+        f"prepare_mnist_images), or set the model's image_size.")
+  if shape[3] != channels:
+    raise ValueError(f"Expected {channels} channel(s) (shape {expected}), got {shape[3]} channels in shape {shape}. "
+                     f"Convert the images (e.g. to grayscale) or set the model's channels.")
+  return jnp.asarray(images).astype(jnp.int32)

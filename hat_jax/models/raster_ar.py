@@ -7,21 +7,19 @@ sequence, one token per sequential step.
 
 The sequence is either the VAR tokenizer's multi-scale tokens flattened coarse to fine in row-major
 order (the same tokens VAR models, so the NLLs are directly comparable) or raw pixels (V = 256).
-Sampling decodes N tokens with explicit KV caches and constant classifier-free guidance.
+`RasterAR.step` decodes one token against explicit KV caches; the sampler (N steps, constant
+classifier-free guidance) is `hat_jax.generate.images.sample_raster_ar`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from hat_jax.kernels import MaskSpec
-from hat_jax.models.layers import RMSNorm, Stack, StackConfig, empty_caches, lm_head
-from hat_jax.models.var import guided_logits, sample_top_k_top_p, small_normal
+from hat_jax.models.layers import RMSNorm, Stack, StackConfig, empty_caches, lm_head, small_normal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,27 +64,3 @@ class RasterAR(nn.Module):
 
   def empty_caches(self, batch: int):
     return empty_caches(self.cfg.stack, batch, self.cfg.seq_len)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "cfg_scale", "top_k", "top_p", "temperature"))
-def sample(model: RasterAR, params, labels: jax.Array, rng: jax.Array, *, cfg_scale: float = 0.0, top_k: int = 0,
-           top_p: float = 1.0, temperature: float = 1.0) -> jax.Array:
-  """N sequential cached steps. labels [B] -> tokens [B, N]. cfg_scale > 0 doubles the batch for CFG."""
-  cfg = model.cfg
-  batch = labels.shape[0]
-  guided = cfg_scale > 0
-  both = jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)]) if guided else labels
-  caches = model.empty_caches(both.shape[0])
-
-  def body(t, carry):
-    tokens, prev, caches = carry
-    logits, caches = model.apply(params, both, prev, t, caches, method=RasterAR.step)
-    if guided:
-      logits = guided_logits(logits, cfg_scale)
-    tok = sample_top_k_top_p(jax.random.fold_in(rng, t), logits, top_k=top_k, top_p=top_p, temperature=temperature)
-    tokens = jax.lax.dynamic_update_index_in_dim(tokens, tok, t, 1)
-    prev = jnp.concatenate([tok, tok]) if guided else tok
-    return tokens, prev, caches
-
-  init = (jnp.zeros((batch, cfg.seq_len), jnp.int32), jnp.zeros((both.shape[0],), jnp.int32), caches)
-  return jax.lax.fori_loop(0, cfg.seq_len, body, init)[0]

@@ -9,25 +9,21 @@ Reads like VAR's Figure 4:
   head                AdaLN(class) -> Dense(V)                               logits [B, L, V]
 
 Block-causal attention is `MaskSpec(causal=True)` with the scale id as the position, so a token sees
-all tokens of its own and coarser scales; `attention_impl` picks the kernel. Sampling runs one forward
-pass per scale with explicit KV caches (the cache grows by pn^2 per step) and classifier-free guidance
-that ramps linearly from 0 at the first scale to `cfg_scale` at the last.
+all tokens of its own and coarser scales; `attention_impl` picks the kernel. `VAR.step` runs one scale
+against explicit KV caches (the cache grows by pn^2 per step): the next-scale sampler with classifier-free
+guidance is `hat_jax.generate.images.sample_var`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hat_jax.generate import sampling
 from hat_jax.kernels import MaskSpec
-from hat_jax.models.layers import KVCache, Layer, Stack, StackConfig, dense_init, empty_caches, lm_head
-from hat_jax.models.vqvae import MultiScaleVQVAE
+from hat_jax.models.layers import KVCache, Layer, Stack, StackConfig, dense_init, empty_caches, lm_head, small_normal
 
 BLOCK_CAUSAL = MaskSpec(causal=True)  # with scale ids as positions
 
@@ -60,10 +56,6 @@ class VARConfig:
   def scale_slice(self, k: int) -> slice:
     start = sum(pn * pn for pn in self.scales[:k])
     return slice(start, start + self.scales[k] ** 2)
-
-
-def small_normal(d_model: int, axes):
-  return nn.with_logical_partitioning(nn.initializers.normal(stddev=math.sqrt(1.0 / (3 * d_model))), axes)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -171,63 +163,10 @@ class VAR(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Loss and sampling
-
-
-def drop_labels(rng: jax.Array, labels: jax.Array, drop_rate: float, null_class: int) -> jax.Array:
-  """Replace each label by the null class with probability `drop_rate` (trains the CFG unconditional model)."""
-  return jnp.where(jax.random.uniform(rng, labels.shape) < drop_rate, null_class, labels)
+# Loss
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Per-token negative log-likelihood in nats; logits [..., V], targets [...]."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-
-
-def sample_top_k_top_p(rng: jax.Array, logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0,
-                       temperature: float = 1.0) -> jax.Array:
-  """Sample ids from logits [..., V] with the image configs' conventions (top_k 0 and top_p 1.0 = off;
-  temperature > 0) through the shared `hat_jax.generate.sampling`."""
-  if not temperature > 0:
-    raise ValueError(f"temperature must be > 0 for image sampling, got {temperature!r}.")
-  config = sampling.SamplingConfig(temperature=temperature, top_k=top_k or None, top_p=top_p if top_p < 1.0 else None)
-  return sampling.sample(logits, rng, config)
-
-
-def cfg_ramp(cfg_scale: float, k: int, num_scales: int) -> float:
-  """Guidance at scale k: 0 at the first scale, `cfg_scale` at the last (VAR's linear ramp)."""
-  return cfg_scale * k / max(num_scales - 1, 1)
-
-
-def guided_logits(logits: jax.Array, guidance: float) -> jax.Array:
-  """logits [2B, ...] = [cond; uncond] -> (1 + t) cond - t uncond, [B, ...]."""
-  cond, uncond = jnp.split(logits, 2, axis=0)
-  return (1.0 + guidance) * cond - guidance * uncond
-
-
-@functools.partial(jax.jit, static_argnames=("var", "vq", "cfg_scale", "top_k", "top_p", "temperature"))
-def sample(var: VAR, var_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
-           cfg_scale: float = 2.0, top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0):
-  """Class-conditional next-scale sampling: K forward passes with KV caches.
-
-  labels [B] -> (images uint8 [B, H, W, C], tokens [B, L]). The batch is doubled internally
-  ([labels; null]) for classifier-free guidance ramped linearly over scales.
-  """
-  cfg = var.cfg
-  batch = labels.shape[0]
-  both = jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)])
-  caches = var.empty_caches(2 * batch)
-  side = cfg.scales[-1]
-  f_hat = jnp.zeros((batch, side, side, cfg.z_channels), jnp.float32)
-  x_k, tokens = None, []
-  for k, pn in enumerate(cfg.scales):
-    logits, caches = var.apply(var_params, both, x_k, k, caches, method=VAR.step)  # [2B, pn^2, V]
-    logits = guided_logits(logits, cfg_ramp(cfg_scale, k, len(cfg.scales)))
-    idx = sample_top_k_top_p(jax.random.fold_in(rng, k), logits, top_k=top_k, top_p=top_p, temperature=temperature)
-    tokens.append(idx)
-    f_hat, nxt = vq.apply(vq_params, f_hat, idx.reshape(batch, pn, pn), k, method=MultiScaleVQVAE.next_input)
-    if nxt is not None:
-      x_k = jnp.concatenate([nxt, nxt], axis=0)
-  images = vq.apply(vq_params, f_hat, method=MultiScaleVQVAE.fhat_to_images)
-  return images, jnp.concatenate(tokens, axis=1)

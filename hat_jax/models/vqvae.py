@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hat_jax.models.layers import dataclass_from_config
+from hat_jax.models.layers import check_images, dataclass_from_config
 
 # ---------------------------------------------------------------------------------------------------
-# Config and input checks
+# Config and input range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,25 +70,6 @@ class VQConfig:
   @classmethod
   def from_config(cls, cfg) -> "VQConfig":
     return dataclass_from_config(cls, cfg, "VQVAE")
-
-
-def check_images(images: Any, image_size: int, channels: int) -> jax.Array:
-  """uint8/int images [B, H, W] or [B, H, W, C] in 0..255 -> int32 [B, H, W, C], with a clear error."""
-  given = shape = tuple(np.shape(images))
-  if len(shape) == 3 and channels == 1:
-    images = jnp.asarray(images)[..., None]
-    shape = shape + (1,)
-  expected = f"[batch, {image_size}, {image_size}, {channels}]" + (
-      f" (or [batch, {image_size}, {image_size}])" if channels == 1 else "")
-  if len(shape) != 4 or shape[1:3] != (image_size, image_size):
-    raise ValueError(
-        f"Expected images of shape {expected} with values 0..255, got shape {given}. Resize or pad the images "
-        f"(MNIST 28x28 is padded to 32 and 2x2-average-pooled to 16 by hat_jax.train.image_tasks."
-        f"prepare_mnist_images), or set the model's image_size.")
-  if shape[3] != channels:
-    raise ValueError(f"Expected {channels} channel(s) (shape {expected}), got {shape[3]} channels in shape {shape}. "
-                     f"Convert the images (e.g. to grayscale) or set the model's channels.")
-  return jnp.asarray(images).astype(jnp.int32)
 
 
 def to_unit_range(pixels: jax.Array) -> jax.Array:

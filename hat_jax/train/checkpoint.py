@@ -90,7 +90,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, *, keep: int | None = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = resolve_directory(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep if keep and keep > 0 else None,
         enable_async_checkpointing=async_save,
@@ -139,6 +139,34 @@ class Checkpointer:
       items["data"] = DataStateRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return step, restored["state"], (restored["data"] if "data" in items else None)
+
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[int, Any]:
+    """Only the params of the checkpoint at `step` (default: the latest), as host numpy arrays.
+
+    For a frozen model that another run reads (the image tasks' tokenizer): the optimizer state, whose
+    structure depends on the writing run's optimizer config, is not read, and no mesh is needed; numpy
+    leaves also stay constants when first touched inside a trace. `abstract_params` gives the expected
+    paths and shapes (e.g. `nn.unbox(jax.eval_shape(model.init, ...))`); a checkpoint of other params
+    is an error. Returns (step, params).
+    """
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    target = {"params": abstract_params}
+    self._check_params_match(step, target)
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    # partial_restore: read the `params` subtree of the stored state and skip step and opt_state.
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=restore_args, partial_restore=True)))["state"]["params"]
+    # Orbax returns the stored shapes whatever the target says: compare, so wrong params never load.
+    wrong = [line for line in jax.tree_util.tree_leaves(jax.tree_util.tree_map_with_path(
+        lambda path, want, got: None if got.shape == tuple(want.shape) else
+        f"{jax.tree_util.keystr(path)}: stored {got.shape}, expected {tuple(want.shape)}", abstract_params, restored))]
+    if wrong:
+      raise ValueError(f"The checkpoint at step {step} in {self.directory} holds params of other shapes than "
+                       f"expected ({len(wrong)}, e.g. {wrong[:3]}): it was written by a different model config.")
+    return step, restored
 
   def _check_params_match(self, step: int, abstract_state: Any) -> None:
     """The stored params must have the target's paths. Scanned and unscanned stacks
@@ -191,6 +219,12 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def resolve_directory(directory: str) -> str:
+  """Local paths made absolute (orbax wants them so); remote ones (gs://...) unchanged: os.path.abspath
+  would turn "gs://b/run" into a local "<cwd>/gs:/b/run"."""
+  return directory if "://" in str(directory) else os.path.abspath(directory)
 
 
 def _param_paths(tree) -> set[str]:

@@ -47,20 +47,6 @@ def test_bits_per_dim_of_uniform_model_is_8():
   assert float(axial_lib.bits_per_dim(jnp.zeros((2, 4, 4, 256)), pixels)) == pytest.approx(8.0)
 
 
-def test_semi_parallel_sample(setup):
-  model, params, _, _ = setup
-  out = axial_lib.sample(model, params, jnp.array([0, 9, 3]), jax.random.key(1), top_k=16)
-  assert out.shape == (3, 6, 6, 1) and out.dtype == jnp.uint8
-
-
-def test_sample_matches_model_distribution_with_top_k_1(setup):
-  """Greedy sampling (top_k=1) must equal the argmax of the full model's logits at every pixel."""
-  model, params, _, labels = setup
-  out = np.asarray(axial_lib.sample(model, params, labels, jax.random.key(1), top_k=1))[..., 0]
-  logits = jit_helpers.apply(model, params, out, labels)
-  np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), out)
-
-
 def test_pallas_axial_kernel_matches_xla(setup):
   _, params, images, labels = setup
   xla = jit_helpers.apply(AxialTransformer(CFG, attention_impl="xla"), params, images, labels)

@@ -3,7 +3,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hat_jax.models import raster_ar as raster_lib
 from hat_jax.models.layers import StackConfig
 from hat_jax.models.raster_ar import RasterAR, RasterARConfig
 from tests import jit_helpers
@@ -39,19 +38,6 @@ def test_cached_equals_uncached_logits(setup):
     outs.append(out)
     prev = tokens[:, t]
   np.testing.assert_allclose(jnp.stack(outs, 1), full, atol=1e-5)
-
-
-@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
-def test_sample_shapes(setup, cfg_scale):
-  model, params, _, _ = setup
-  out = raster_lib.sample(model, params, jnp.array([0, 1, 9]), jax.random.key(3), cfg_scale=cfg_scale, top_k=5)
-  assert out.shape == (3, 12) and out.dtype == jnp.int32 and int(out.max()) < 20
-
-
-def test_greedy_sample_is_argmax_of_full_model(setup):
-  model, params, _, labels = setup
-  out = raster_lib.sample(model, params, labels, jax.random.key(3), top_k=1)
-  np.testing.assert_array_equal(np.argmax(np.asarray(jit_helpers.apply(model, params, labels, out)), -1), out)
 
 
 def test_bad_tokens_give_clear_error(setup):

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from hat_jax.kernels import dense_mask
-from hat_jax.models import var as var_lib
 from hat_jax.models.layers import StackConfig
-from hat_jax.models.var import BLOCK_CAUSAL, VAR, VARConfig, cfg_ramp, guided_logits, sample_top_k_top_p
+from hat_jax.models.var import BLOCK_CAUSAL, VAR, VARConfig
 from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig
 from tests import jit_helpers
 
@@ -60,34 +59,6 @@ def test_cached_equals_uncached_logits(setup):
     outs.append(out)
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5)
   assert caches[0].length.tolist() == [CFG.seq_len] * 2
-
-
-def test_cfg_ramp_and_guided_shapes():
-  assert cfg_ramp(2.0, 0, 6) == 0.0 and cfg_ramp(2.0, 5, 6) == 2.0 and cfg_ramp(2.0, 1, 6) == pytest.approx(0.4)
-  cond, uncond = jnp.ones((3, 4, 16)), jnp.zeros((3, 4, 16))
-  g = guided_logits(jnp.concatenate([cond, uncond]), 1.5)
-  assert g.shape == (3, 4, 16)
-  np.testing.assert_allclose(g, 2.5)
-
-
-def test_sample_shapes_and_cfg(setup):
-  vq, vq_params, model, params, _, _ = setup
-  labels = jnp.array([0, 1, 2])
-  images, tokens = var_lib.sample(model, params, vq, vq_params, labels, jax.random.key(2), cfg_scale=2.0,
-                                  top_k=8, top_p=0.9)
-  assert images.shape == (3, 8, 8, 1) and images.dtype == jnp.uint8
-  assert tokens.shape == (3, CFG.seq_len) and int(tokens.max()) < VQ.vocab_size
-  # The images are the decoding of the sampled tokens.
-  np.testing.assert_array_equal(images, jit_helpers.apply(vq, vq_params, tokens, method=MultiScaleVQVAE.decode))
-
-
-def test_top_k_top_p_truncation():
-  logits = jnp.array([[0.0, 3.0, 1.0, 2.9]] * 64)
-  keys = jax.random.split(jax.random.key(0), 2)
-  assert set(np.asarray(sample_top_k_top_p(keys[0], logits, top_k=1)).ravel()) == {1}
-  assert set(np.asarray(sample_top_k_top_p(keys[1], logits, top_p=0.3)).ravel()) == {1}
-  both = np.asarray(sample_top_k_top_p(keys[1], logits, top_k=2))
-  assert set(both.ravel()) == {1, 3}
 
 
 def test_bad_inputs_give_clear_errors(setup):

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hat_jax.models.vqvae import (MultiScaleVQVAE, VQConfig, area_matrix, area_resize, check_images, phi_index)
+from hat_jax.models.layers import check_images
+from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig, area_matrix, area_resize, phi_index
 from tests import jit_helpers
 
 CFG = VQConfig(image_size=8, channels=1, ch=8, ch_mult=(1, 2), z_channels=4, vocab_size=16, scales=(1, 2, 4),
@@ -87,26 +88,3 @@ def test_bad_config_gives_clear_errors():
   with pytest.raises(ValueError, match="Unknown VQVAE config fields"):
     VQConfig.from_config({"vocab": 3})
 
-
-def test_mnist_preprocessing_and_checkpointable_batches():
-  from hat_jax.train.image_tasks import ArrayBatches, prepare_mnist_images
-
-  digits = np.random.default_rng(1).integers(0, 256, (5, 28, 28), dtype=np.uint8)
-  small = prepare_mnist_images(digits, 16)  # pad 2 px to 32x32, then 2x2 average
-  assert small.shape == (5, 16, 16) and small.dtype == np.uint8
-  assert (small[:, 0, :] == 0).all()  # the top output row covers two padding rows
-  np.testing.assert_array_equal(small[:, 1, 1], np.round(digits[:, 0:2, 0:2].mean(axis=(1, 2))))
-  with pytest.raises(ValueError, match=r"Expected MNIST images \[N, 28, 28\]"):
-    prepare_mnist_images(digits[:, :20, :20])
-
-  arrays = {"images": small, "labels": np.arange(5, dtype=np.int32)}
-  it = ArrayBatches(arrays, 64, seed=3, drop_rate=0.5, null_class=10)
-  next(it)
-  state = it.get_state()
-  expected = next(it)
-  resumed = ArrayBatches(arrays, 64, seed=3, drop_rate=0.5, null_class=10)
-  resumed.set_state(state)
-  got = next(resumed)
-  np.testing.assert_array_equal(got["images"], expected["images"])
-  np.testing.assert_array_equal(got["labels"], expected["labels"])
-  assert 0 < np.mean(expected["labels"] == 10) < 1  # CFG label dropout happens in the iterator

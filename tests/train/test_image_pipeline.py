@@ -1,11 +1,13 @@
-"""The image chain through the generic trainer: tokenizer trained and exported, VAR trained on its tokens,
-class-conditional samples written (tiny configs, synthetic images)."""
+"""The image chain through the generic trainer: a tokenizer trained, VAR trained on its tokens (restored from
+the tokenizer run's own checkpoints), class-conditional samples written (tiny configs, synthetic images);
+a missing or mismatched tokenizer run is a clear error."""
 
+import numpy as np
 import pytest
 
 from configs import var as var_config
 from configs import vqvae as vqvae_config
-from hat_jax.train import trainer
+from hat_jax.train import registry, trainer
 
 
 def small_data(config):
@@ -14,24 +16,38 @@ def small_data(config):
   return config
 
 
-def test_vqvae_export_then_var_train_and_sample(tmp_path):
+def test_vqvae_run_then_var_train_and_sample(tmp_path):
+  var = small_data(var_config.get_config("tiny"))
+  var.train.steps = 2
+  var.tokenizer.workdir = str(tmp_path / "vq")
+  var.sample.output_dir = str(tmp_path / "var_out")
+  with pytest.raises(FileNotFoundError, match=r"No tokenizer run in .*vq.*python -m hat_jax.main "
+                                              r"--config=configs/vqvae.py:tiny --workdir=.*vq --mode=train"):
+    trainer.train(var, str(tmp_path / "var"))
+  assert not (tmp_path / "vq").exists()  # looking for the run left nothing behind
+
   vq = small_data(vqvae_config.get_config("tiny"))
   vq.train.steps = 2
   vq.sample.output_dir = str(tmp_path / "vq_out")
   trainer.train(vq, str(tmp_path / "vq"))
-  trainer.sample(vq, str(tmp_path / "vq"))
-  params_path = tmp_path / "vq_out" / "vqvae_params.npz"
-  assert params_path.exists()
+  assert "vqvae_reconstructions.png" in trainer.sample(vq, str(tmp_path / "vq"))
 
-  var = small_data(var_config.get_config("tiny"))
-  var.train.steps = 2
-  var.tokenizer.params_path = str(params_path)
-  var.sample.output_dir = str(tmp_path / "var_out")
   final = trainer.train(var, str(tmp_path / "var"))
   assert final["step"] == 2 and "eval/bits_per_image" in final
   assert "var_samples.png" in trainer.sample(var, str(tmp_path / "var"))
   assert (tmp_path / "var_out" / "var_samples.png").read_bytes()[:4] == b"\x89PNG"
 
-  var.tokenizer.params_path = str(tmp_path / "missing.npz")
-  with pytest.raises(FileNotFoundError, match="Train the tokenizer"):
-    trainer.train(var, str(tmp_path / "var_missing"))
+  # The task read the tokenizer's final params, and tokens are keyed on them.
+  task = registry.make_task(var)
+  _, vq_params, _ = trainer.restore_params(vq, str(tmp_path / "vq"))
+  np.testing.assert_array_equal(task.vq_params["params"]["quantizer"]["codebook"],
+                                np.asarray(vq_params["params"]["quantizer"]["codebook"]))
+
+  other = small_data(var_config.get_config("tiny"))
+  other.tokenizer.workdir = str(tmp_path / "vq")
+  other.tokenizer.model.vocab_size = 64
+  with pytest.raises(ValueError, match=r"another model than config.tokenizer.model .*'vocab_size': \(32, 64\)"):
+    _ = registry.make_task(other).vq_params
+  other.tokenizer.workdir = str(tmp_path / "var")
+  with pytest.raises(ValueError, match="is a 'var' run, not a VQVAE tokenizer run"):
+    _ = registry.make_task(other).vq_params

@@ -1,7 +1,7 @@
-"""Metric files and image-task exports in a remote (gs://) workdir, with gs:// mapped onto a temp dir."""
+"""Metric files and checkpoint paths in a remote (gs://) workdir, with gs:// mapped onto a temp dir.
+(PNG grids in a gs:// workdir: tests/generate/test_images.py.)"""
 
-import numpy as np
-from hat_jax.train import image_tasks
+from hat_jax.train import checkpoint as ckpt_lib
 from hat_jax.train import metrics as metrics_lib
 from tests.fakes import fake_gcs
 
@@ -24,13 +24,7 @@ def test_metrics_jsonl_in_a_gs_workdir_is_rewritten_and_resumed(tmp_path, monkey
   assert not (tmp_path / "gs:").exists()
 
 
-def test_image_exports_in_a_gs_workdir(tmp_path):
-  params = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}}
-  with fake_gcs(tmp_path):
-    image_tasks.save_params("gs://bucket/vq/params.npz", params)
-    np.testing.assert_array_equal(image_tasks.load_params("gs://bucket/vq/params.npz")["params"]["w"],
-                                  params["params"]["w"])
-    image_tasks.write_png("gs://bucket/vq/grid.png", np.zeros((4, 4), np.uint8))
-  assert (tmp_path / "bucket" / "vq" / "params.npz").exists()
-  assert (tmp_path / "bucket" / "vq" / "grid.png").read_bytes()[:4] == b"\x89PNG"
-
+def test_checkpoint_directory_keeps_a_gs_path():
+  # os.path.abspath("gs://b/run") is "<cwd>/gs:/b/run": a remote checkpoint directory must stay remote.
+  assert ckpt_lib.resolve_directory("gs://bucket/run/checkpoints") == "gs://bucket/run/checkpoints"
+  assert ckpt_lib.resolve_directory("runs/x").startswith("/")

@@ -1,0 +1,161 @@
+"""Class-conditional image sampling for the image families, and sample grids as PNG files.
+
+  images, tokens = sample_var(var, var_params, vq, vq_params, labels, rng, cfg_scale=2.0)  # next-scale
+  tokens = sample_raster_ar(model, params, labels, rng, cfg_scale=2.0)                     # token by token
+  images = sample_axial(model, params, labels, rng)                                        # row by row
+  write_png(path, image_grid(images, rows=4))
+
+Each sampler is one jitted program that runs the model's cached step method (`VAR.step`, `RasterAR.step`,
+`AxialTransformer.context` / `inner_logits`) once per sequential pass and draws every token with
+`hat_jax.generate.sampling` (`sampling`: a SamplingConfig; temperature 0 = greedy). The rng is folded in
+per pass, so a call is a pure function of its arguments.
+
+Classifier-free guidance (VAR, raster AR): the batch is doubled ([labels; null class], the class id
+`num_classes`, which training sees through label dropout) and the two halves' logits are combined as
+(1 + t) cond - t uncond. VAR ramps t linearly from 0 at the first scale to `cfg_scale` at the last (the
+coarse scales decide the layout, where strong guidance costs diversity); the raster AR uses `cfg_scale`
+at every step, and `cfg_scale=0` skips the doubling. The Axial Transformer has no null class: no CFG.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+
+from hat_jax.generate.sampling import SamplingConfig, sample
+from hat_jax.models.axial import AxialTransformer
+from hat_jax.models.raster_ar import RasterAR
+from hat_jax.models.var import VAR
+from hat_jax.models.vqvae import MultiScaleVQVAE
+
+# ---------------------------------------------------------------------------------------------------
+# Classifier-free guidance
+
+
+def cfg_ramp(cfg_scale: float, k: int, num_scales: int) -> float:
+  """Guidance at scale k: 0 at the first scale, `cfg_scale` at the last (VAR's linear ramp)."""
+  return cfg_scale * k / max(num_scales - 1, 1)
+
+
+def guided_logits(logits: jax.Array, guidance: float) -> jax.Array:
+  """logits [2B, ...] = [cond; uncond] -> (1 + t) cond - t uncond, [B, ...]."""
+  cond, uncond = jnp.split(logits, 2, axis=0)
+  return (1.0 + guidance) * cond - guidance * uncond
+
+
+def with_null_class(labels: jax.Array, num_classes: int) -> jax.Array:
+  """[B] -> [2B]: the labels, then as many null-class labels (the unconditional half of CFG)."""
+  return jnp.concatenate([labels, jnp.full_like(labels, num_classes)])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Samplers
+
+
+@functools.partial(jax.jit, static_argnames=("var", "vq", "cfg_scale", "sampling"))
+def sample_var(var: VAR, var_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
+               cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig()):
+  """Next-scale sampling: one cached VAR step per scale, CFG ramped over the scales.
+
+  labels [B] -> (images uint8 [B, H, W, C], tokens [B, L]). After each scale the tokenizer adds the
+  sampled map to f_hat and area-downsamples the running sum into the next scale's input (the same
+  `next_input` that builds the teacher-forcing inputs), so the sampler sees what training saw.
+  """
+  cfg = var.cfg
+  batch = labels.shape[0]
+  both = with_null_class(labels, cfg.num_classes)
+  caches = var.empty_caches(2 * batch)
+  side = cfg.scales[-1]
+  f_hat = jnp.zeros((batch, side, side, cfg.z_channels), jnp.float32)
+  x_k, tokens = None, []
+  for k, pn in enumerate(cfg.scales):
+    logits, caches = var.apply(var_params, both, x_k, k, caches, method=VAR.step)  # [2B, pn^2, V]
+    logits = guided_logits(logits, cfg_ramp(cfg_scale, k, len(cfg.scales)))
+    idx = sample(logits, jax.random.fold_in(rng, k), sampling)
+    tokens.append(idx)
+    f_hat, nxt = vq.apply(vq_params, f_hat, idx.reshape(batch, pn, pn), k, method=MultiScaleVQVAE.next_input)
+    if nxt is not None:
+      x_k = jnp.concatenate([nxt, nxt], axis=0)  # both CFG halves continue from the guided sample
+  images = vq.apply(vq_params, f_hat, method=MultiScaleVQVAE.fhat_to_images)
+  return images, jnp.concatenate(tokens, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cfg_scale", "sampling"))
+def sample_raster_ar(model: RasterAR, params, labels: jax.Array, rng: jax.Array, *, cfg_scale: float = 0.0,
+                     sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
+  """N sequential cached steps (a fori_loop: one compiled step). labels [B] -> tokens [B, N]."""
+  cfg = model.cfg
+  batch = labels.shape[0]
+  guided = cfg_scale > 0
+  both = with_null_class(labels, cfg.num_classes) if guided else labels
+  caches = model.empty_caches(both.shape[0])
+
+  def body(t, carry):
+    tokens, prev, caches = carry
+    logits, caches = model.apply(params, both, prev, t, caches, method=RasterAR.step)
+    if guided:
+      logits = guided_logits(logits, cfg_scale)
+    tok = sample(logits, jax.random.fold_in(rng, t), sampling)
+    tokens = jax.lax.dynamic_update_index_in_dim(tokens, tok, t, 1)
+    prev = jnp.concatenate([tok, tok]) if guided else tok
+    return tokens, prev, caches
+
+  init = (jnp.zeros((batch, cfg.seq_len), jnp.int32), jnp.zeros((both.shape[0],), jnp.int32), caches)
+  return jax.lax.fori_loop(0, cfg.seq_len, body, init)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "sampling"))
+def sample_axial(model: AxialTransformer, params, labels: jax.Array, rng: jax.Array, *,
+                 sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
+  """Semi-parallel sampling, row by row. labels [B] -> uint8 images [B, H, W, 1]."""
+  size = model.cfg.image_size
+  batch = labels.shape[0]
+
+  def row_step(i, pixels):
+    u_i = jax.lax.dynamic_index_in_dim(model.apply(params, pixels, labels, method=AxialTransformer.context), i, 1)
+
+    def pixel_step(j, row):  # row [B, 1, W]
+      logits = model.apply(params, row, u_i, labels, i[None], method=AxialTransformer.inner_logits)
+      logit_j = jax.lax.dynamic_index_in_dim(logits[:, 0], j, 1, keepdims=False)  # [B, levels]
+      value = sample(logit_j, jax.random.fold_in(jax.random.fold_in(rng, i), j), sampling)
+      return jax.lax.dynamic_update_index_in_dim(row, value[:, None], j, 2)
+
+    row = jax.lax.fori_loop(0, size, pixel_step, jnp.zeros((batch, 1, size), jnp.int32))
+    return jax.lax.dynamic_update_index_in_dim(pixels, row[:, 0], i, 1)
+
+  pixels = jax.lax.fori_loop(0, size, row_step, jnp.zeros((batch, size, size), jnp.int32))
+  return pixels.astype(jnp.uint8)[..., None]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sample grids
+
+
+def image_grid(images: np.ndarray, rows: int) -> np.ndarray:
+  """uint8 [N, H, W(, 1)] -> one uint8 [rows * (H + 1), cols * (W + 1)] image with 1-pixel gaps."""
+  images = np.asarray(images)
+  if images.ndim == 4:
+    images = images[..., 0]
+  n, h, w = images.shape
+  cols = -(-n // rows)
+  grid = np.zeros((rows * (h + 1), cols * (w + 1)), np.uint8)
+  for i, img in enumerate(images):
+    r, c = divmod(i, cols)
+    grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+  return grid
+
+
+def write_png(path: str, image: np.ndarray, upscale: int = 4) -> None:
+  """A grayscale uint8 [H, W] image as PNG, each pixel an upscale x upscale block. The path goes through
+  etils.epath, so grids land in a gs:// workdir too."""
+  import matplotlib  # pylint: disable=g-import-not-at-top  # only sampling needs it, and it is slow to import
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("wb") as f:
+    plt.imsave(f, np.kron(image, np.ones((upscale, upscale), np.uint8)), cmap="gray", vmin=0, vmax=255, format="png")
