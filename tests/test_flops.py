@@ -16,7 +16,7 @@ from configs import bytes as bytes_config
 from configs import hat as hat_config
 from configs import vanilla_lm as vanilla_config
 from configs import var as var_config
-from hat_jax.models.var import token_nll
+from hat_jax.losses import token_nll
 from hat_jax.data import blocks
 from hat_jax.data.batching import stack_rows
 from hat_jax.train import flops, registry

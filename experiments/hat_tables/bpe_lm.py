@@ -22,15 +22,14 @@ import os
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from configs import common
 from configs import hat as hat_config
+from hat_jax import losses
 from hat_jax.data import documents
 from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.train.task import Task
 
-LN2 = 0.6931471805599453
 
 
 def _byte_alphabet() -> dict[str, int]:
@@ -97,13 +96,13 @@ class TokenRows:
 def bpe_loss(model: DecoderLM, params, batch):
   """Next-token cross-entropy over `loss_mask`, and bits per byte of the target tokens' bytes."""
   logits, _ = model.apply(params, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+  ce = losses.token_nll(logits, batch["targets"])
   mask = batch["loss_mask"]
   loss = jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
   nbytes = jnp.sum(batch["target_bytes"])
   # Per batch; the eval averages batches of equal token count, so this is bytes-weighted up to
   # the spread of bytes per batch (small next to the differences the table shows).
-  bpb = jnp.sum(ce * mask) / LN2 / jnp.maximum(nbytes, 1.0)
+  bpb = jnp.sum(ce * mask) / losses.LN2 / jnp.maximum(nbytes, 1.0)
   return loss, {"loss": loss, "bits_per_byte": bpb, "token_accuracy": jnp.sum(
       (jnp.argmax(logits, -1) == batch["targets"]) * mask) / jnp.maximum(jnp.sum(mask), 1.0),
                 "bytes_per_token": nbytes / jnp.maximum(jnp.sum(mask), 1.0)}

@@ -20,7 +20,6 @@ the inner decoder on that one row, once per pixel (H outer + H*W inner sequentia
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
@@ -146,10 +145,3 @@ class AxialTransformer(nn.Module):
     if labels.shape != pixels.shape[:1]:
       raise ValueError(f"labels must be [batch] = {pixels.shape[:1]}, got {labels.shape}.")
     return self.inner_logits(pixels, self.context(pixels, labels), labels, jnp.arange(cfg.image_size))
-
-
-def bits_per_dim(logits: jax.Array, pixels: jax.Array) -> jax.Array:
-  """Mean NLL in bits per pixel dimension; logits [B, H, W, levels], pixels [B, H, W]."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, pixels[..., None], axis=-1)
-  return jnp.mean(nll) / math.log(2.0)

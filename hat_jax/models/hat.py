@@ -29,11 +29,10 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
+from hat_jax import losses
 from hat_jax.data.splitter import END_OF_WORD, VOCAB_SIZE
 from hat_jax.kernels import MaskSpec
-from hat_jax.models import lm_metrics
 from hat_jax.models.layers import (
     Block, DenseND, Layer, RMSNorm, Stack, StackConfig, dataclass_from_config, dense_init, embed_init,
     empty_caches as stack_caches, lm_head)
@@ -235,7 +234,7 @@ class HAT(nn.Module):
     return logits
 
   def loss_and_metrics(self, batch):
-    return lm_metrics.next_byte_metrics(self(batch), batch)
+    return losses.next_byte_metrics(self(batch), batch)
 
 
 class PaperHAT(nn.Module):
@@ -308,23 +307,7 @@ class PaperHAT(nn.Module):
 
   def loss_and_metrics(self, batch):
     logits, targets, mask = self(batch)
-    mask_f = mask.astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    is_byte = targets != END_OF_WORD
-    num_bytes = jnp.maximum(jnp.sum(mask_f * is_byte), 1.0)
-    loss = jnp.sum(ce * mask_f) / jnp.maximum(jnp.sum(mask_f), 1.0)
-    correct = jnp.argmax(logits, -1) == targets
-    byte_mask = mask & is_byte
-    word_ok = jnp.all(correct | ~byte_mask, axis=-1)
-    words = jnp.any(byte_mask, axis=-1)
-    metrics = {
-        "loss": loss,
-        # bits per UTF-8 byte: the [W] predictions cost bits too, but are normalised by bytes (paper L1603).
-        "bits_per_byte": jnp.sum(ce * mask_f) / num_bytes / lm_metrics.LN2,
-        "byte_accuracy": jnp.sum(correct * byte_mask) / num_bytes,
-        "word_accuracy": jnp.sum(word_ok & words) / jnp.maximum(jnp.sum(words), 1),
-    }
-    return loss, metrics
+    return losses.paper_hat_metrics(logits, targets, mask, targets != END_OF_WORD)
 
 
 def build_hat(cfg: HATConfig) -> nn.Module:

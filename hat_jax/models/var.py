@@ -164,9 +164,3 @@ class VAR(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------
 # Loss
-
-
-def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Per-token negative log-likelihood in nats; logits [..., V], targets [...]."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]

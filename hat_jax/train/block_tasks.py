@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hat_jax import losses
 from hat_jax.data import blocks, documents
 from hat_jax.data.batching import per_process_batch_size
 from hat_jax.data.iterators import Batch
@@ -28,31 +29,19 @@ from hat_jax.train.task import Metrics, Task
 # --------------------------------------------------------------------------------------------------
 
 
-def masked_xent(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metrics]:
-  """Mean cross-entropy (nats) over mask; metrics in bits per byte plus the byte count."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  mask = mask.astype(jnp.float32)
-  # Masked targets may be pad_id (= V, outside the logits); clip so the gather stays finite.
-  targets = jnp.clip(targets.astype(jnp.int32), 0, logits.shape[-1] - 1)
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  count = jnp.sum(mask)
-  loss = jnp.sum(jnp.where(mask > 0, nll, 0.0) * mask) / jnp.maximum(count, 1.0)
-  return loss, {"loss": loss, "bits_per_byte": loss / jnp.log(2.0), "target_bytes": count}
-
-
 def block_loss(model: BlockTransformer, params, batch: Batch) -> tuple[jax.Array, Metrics]:
   L = model.cfg.block_len
   logits = model.apply(params, batch["tokens"], segment_ids=batch["segment_ids"], positions=batch["positions"])
   batch_size = logits.shape[0]
   targets = batch["tokens"][:, L:].reshape(batch_size, -1, L)
   mask = batch["loss_mask"][:, L:].reshape(batch_size, -1, L)
-  return masked_xent(logits, targets, mask)
+  return losses.masked_token_metrics(logits, targets, mask)
 
 
 def vanilla_loss(model: DecoderLM, params, batch: Batch) -> tuple[jax.Array, Metrics]:
   logits, _ = model.apply(params, batch["tokens"], segment_ids=batch["segment_ids"], positions=batch["positions"])
   same_doc = batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]
-  return masked_xent(logits[:, :-1], batch["tokens"][:, 1:], batch["loss_mask"][:, 1:] * same_doc)
+  return losses.masked_token_metrics(logits[:, :-1], batch["tokens"][:, 1:], batch["loss_mask"][:, 1:] * same_doc)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ such run is an error naming the command that trains it (`config.tokenizer.train_
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable
 
@@ -24,14 +23,15 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from hat_jax import losses
 from hat_jax.data import images as image_data
 from hat_jax.data.iterators import Batch
 from hat_jax.generate import images as image_gen
 from hat_jax.generate.sampling import SamplingConfig
-from hat_jax.models.axial import AxialConfig, AxialTransformer, bits_per_dim
+from hat_jax.models.axial import AxialConfig, AxialTransformer
 from hat_jax.models.layers import StackConfig
 from hat_jax.models.raster_ar import RasterAR, RasterARConfig
-from hat_jax.models.var import VAR, VARConfig, token_nll
+from hat_jax.models.var import VAR, VARConfig
 from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig, reconstruction_metrics, to_unit_range
 from hat_jax.train.checkpoint import Checkpointer
 from hat_jax.train.task import Metrics, Task
@@ -175,19 +175,6 @@ class _TokenizedTask(_ImageTask):
     return {"tokens": image_data.tokenize_images(encode, self.vq_params, images), "labels": labels}
 
 
-def token_metrics(logits: jax.Array, tokens: jax.Array, pixels_per_image: int,
-                  tail: slice) -> tuple[jax.Array, Metrics]:
-  """Mean token NLL (the loss, equal weight per position) plus bits per image / per pixel dim."""
-  nll = token_nll(logits, tokens)  # [B, L]
-  bits_per_image = jnp.mean(jnp.sum(nll, axis=1)) / math.log(2.0)
-  return jnp.mean(nll), {
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == tokens),
-      "tail_loss": jnp.mean(nll[:, tail]),
-      "bits_per_image": bits_per_image,
-      "bits_per_dim": bits_per_image / pixels_per_image,
-  }
-
-
 class VARTask(_TokenizedTask):
   def __init__(self, config):
     super().__init__(config)
@@ -206,7 +193,7 @@ class VARTask(_TokenizedTask):
     tokens = jnp.asarray(batch["tokens"])
     x_in = self.vq.apply(self.vq_params, tokens, method=MultiScaleVQVAE.var_inputs)
     logits = self.model.apply(params, jnp.asarray(batch["labels"]), x_in)
-    return token_metrics(logits, tokens, self.vq_cfg.image_size ** 2 * self.vq_cfg.channels,
+    return losses.image_token_metrics(logits, tokens, self.vq_cfg.image_size ** 2 * self.vq_cfg.channels,
                          self.var_cfg.scale_slice(len(self.var_cfg.scales) - 1))
 
   def decode_steps(self, batch_size: int) -> dict[str, tuple]:
@@ -258,7 +245,7 @@ class RasterARTask(_TokenizedTask):
     del rng
     tokens = jnp.asarray(batch["tokens"])
     logits = self.model.apply(params, jnp.asarray(batch["labels"]), tokens)
-    return token_metrics(logits, tokens, self.pixels_per_image, slice(-self.ar_cfg.seq_len // 2, None))
+    return losses.image_token_metrics(logits, tokens, self.pixels_per_image, slice(-self.ar_cfg.seq_len // 2, None))
 
   def sample(self, params, rng) -> str:
     tokens = image_gen.sample_raster_ar(self.model, params, self.sample_labels(), rng,
@@ -285,8 +272,8 @@ class AxialTask(_ImageTask):
     del rng
     images = jnp.asarray(batch["images"])
     logits = self.model.apply(params, images, jnp.asarray(batch["labels"]))
-    bpd = bits_per_dim(logits, images.astype(jnp.int32).reshape(logits.shape[:3]))
-    return bpd * math.log(2.0), {"bits_per_dim": bpd}
+    bpd = losses.bits_per_dim(logits, images.astype(jnp.int32).reshape(logits.shape[:3]))
+    return bpd * losses.LN2, {"bits_per_dim": bpd}
 
   def sample(self, params, rng) -> str:
     images = image_gen.sample_axial(self.model, params, self.sample_labels(), rng, sampling=self.sampling())

@@ -19,7 +19,7 @@ from hat_jax.data import documents, pipeline, streaming
 from hat_jax.data.batching import stack_rows
 from hat_jax.data.splitter import BOS, EOD, VOCAB_SIZE, WordSplitter
 from hat_jax.generate.sampling import SamplingConfig
-from hat_jax.models import lm_metrics
+from hat_jax import losses
 from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.hat import HATConfig, build_hat
 from hat_jax.train.task import Task
@@ -185,7 +185,7 @@ class BytesTask(ByteLMTask):
 
   def loss(self, params, batch, rng):
     del rng
-    return lm_metrics.next_byte_metrics(self._logits(params, batch), batch)
+    return losses.next_byte_metrics(self._logits(params, batch), batch)
 
   def decode_steps(self, batch_size: int) -> dict[str, tuple]:
     from hat_jax.generate.block_engine import decoder_lm_steps

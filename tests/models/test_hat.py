@@ -7,7 +7,7 @@ from hat_jax.data import pipeline
 from hat_jax.data.splitter import BOS, WordSplitter
 from hat_jax.generate.hat_sampler import HATSampler
 from hat_jax.generate.sampling import GREEDY, SamplingConfig
-from hat_jax.models import lm_metrics
+from hat_jax import losses
 from hat_jax.models.hat import HAT, HATConfig, build_hat, byte_owner, pool_words_softmax
 from hat_jax.models.layers import StackConfig
 from tests import jit_helpers
@@ -79,7 +79,7 @@ def test_word_accuracy_counts_whole_words():
   batch = dict(word_ids=jnp.array([[0, 1, 1, 2, 2, 2]]), word_lengths=jnp.array([[1, 2, 3]]),
                targets=jnp.array([[1, 2, 3, 4, 5, 0]]), loss_mask=jnp.array([[1, 1, 1, 1, 1, 0]], jnp.float32))
   logits = jax.nn.one_hot(jnp.array([[1, 2, 3, 9, 5, 0]]), 256) * 10  # one wrong byte in word 2
-  _, m = lm_metrics.next_byte_metrics(logits, batch)
+  _, m = losses.next_byte_metrics(logits, batch)
   assert float(m["word_accuracy"]) == pytest.approx(0.5)  # word 1 right, word 2 wrong; word 0 never predicted
   assert float(m["byte_accuracy"]) == pytest.approx(0.8)
 
