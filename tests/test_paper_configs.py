@@ -20,7 +20,8 @@ from configs import block_transformer as block_configs
 from configs import hat_paper, tfree_hat
 from configs import vanilla_lm as vanilla_configs
 from configs import var as var_configs
-from hat_jax.models.block_transformer import BlockTransformerConfig, VanillaConfig
+from hat_jax.models.block_transformer import BlockTransformerConfig
+from hat_jax.models.decoder_lm import DecoderLMConfig
 from hat_jax.models.hat import HATConfig
 from hat_jax.models.layers import StackConfig
 from hat_jax.models.vqvae import VQConfig
@@ -177,7 +178,7 @@ def test_block_transformer_non_embedding_counts(size):
 @pytest.mark.parametrize("size", list(vanilla_configs.PAPER_SIZES))
 def test_vanilla_non_embedding_counts(size):
   config, task, params = built("vanilla_lm", size)
-  VanillaConfig.from_config(config.model)
+  DecoderLMConfig.from_config(config.model)
   assert_close(count(params, "decoder", "final_norm"), vanilla_configs.paper_non_embedding(size), size)
   assert config.data.seq_len == 2048 and not config.data.random_pad_first_block
 

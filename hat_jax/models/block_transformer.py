@@ -38,10 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from hat_jax.kernels import MaskSpec
-from hat_jax.models.decoder_lm import DecoderLMConfig, TokenVocab
 from hat_jax.models.layers import (
-    Block, KVCache, Layer, RMSNorm, Stack, StackConfig, caches_length, dataclass_from_config, dense_init, embed_init,
-    lm_head, stack_mask)
+    Block, KVCache, Layer, RMSNorm, Stack, StackConfig, TokenVocab, caches_length, dataclass_from_config, dense_init,
+    embed_init, lm_head, stack_mask)
 
 DECODINGS = ("prefix", "summation", "cross_attention")
 
@@ -102,11 +101,6 @@ class BlockTransformerConfig(TokenVocab):
   @classmethod
   def from_config(cls, cfg) -> "BlockTransformerConfig":
     return dataclass_from_config(cls, cfg, "Block Transformer", stacks=("block_decoder", "token_decoder"))
-
-
-# The vanilla baseline's config is a `DecoderLMConfig`; this name stays for its importers
-# (tests/test_paper_configs.py).
-VanillaConfig = DecoderLMConfig
 
 
 def _check_tokens(tokens: jax.Array, block_len: int) -> None:

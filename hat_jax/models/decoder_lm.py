@@ -28,40 +28,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hat_jax.models.layers import (
-    RMSNorm, Stack, StackConfig, caches_length, dataclass_from_config, embed_init, lm_head, stack_mask)
+    RMSNorm, Stack, StackConfig, TokenVocab, caches_length, dataclass_from_config, embed_init, lm_head, stack_mask)
 
 # configs/bytes.py names the stack section `stack`: the scaling sweeps override `model.stack.*`, and their
-# recorded runs are replayed from those overrides (experiments/sweep.py), so that name stays valid.
+# recorded runs are replayed from those overrides (hat_jax/sweep.py), so that name stays valid.
 STACK_ALIAS = "stack"
-
-
-class TokenVocab:
-  """Input/output vocabulary of a config with `vocab_size`, `pad_row`, `vocab_pad_to_multiple` and `dtype`
-  (`DecoderLMConfig`, and `BlockTransformerConfig`, whose rows always need the pad row)."""
-
-  def check_vocab(self) -> None:
-    if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
-      raise ValueError(f"vocab_size must be an int >= 2, got {self.vocab_size!r}.")
-    if not isinstance(self.pad_row, bool):
-      raise ValueError(f"pad_row must be a bool, got {self.pad_row!r}.")
-    if not isinstance(self.vocab_pad_to_multiple, int) or self.vocab_pad_to_multiple < 1:
-      raise ValueError(f"vocab_pad_to_multiple must be a positive int (e.g. the tensor-parallel size), "
-                       f"got {self.vocab_pad_to_multiple!r}.")
-
-  @property
-  def jnp_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def pad_id(self) -> int:
-    """The id that fills padding slots of inputs and outputs: the pad row, or 0 without one."""
-    return self.vocab_size if self.pad_row else 0
-
-  @property
-  def input_vocab_size(self) -> int:
-    """Rows of the input embedding table: vocabulary (+ pad row), rounded up to vocab_pad_to_multiple."""
-    multiple = self.vocab_pad_to_multiple
-    return -(-(self.vocab_size + int(self.pad_row)) // multiple) * multiple
 
 
 @dataclasses.dataclass(frozen=True)
