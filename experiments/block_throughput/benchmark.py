@@ -22,7 +22,6 @@ import pickle
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

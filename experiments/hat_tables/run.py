@@ -5,7 +5,7 @@ r"""HAT paper tables 2-4 in miniature: compute-matched comparison, robustness, E
   python -m experiments.hat_tables.run --table adaptation --workdir runs/hat_tables
 
 The models are runs of the scaling sweeps (configs/sweeps/{hat,bytes}_scaling.py), trained into
---scaling-workdir (default runs/scaling) through `experiments.sweep.run_one`: a run the sweep already
+--scaling-workdir (default runs/scaling) through `hat_jax.sweep.run_one`: a run the sweep already
 finished is reused, a missing one is trained there first. By default the HAT and byte baseline are a
 pair with about equal training FLOPs per step (see README), so "equal steps" is "equal FLOPs".
 
@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from experiments import sweep
+from hat_jax import sweep
 
 HAT_SWEEP, BYTES_SWEEP = "configs/sweeps/hat_scaling.py", "configs/sweeps/bytes_scaling.py"
 DEFAULT_HAT_RUN, DEFAULT_BYTES_RUN = "hat-w128-s150", "bytes-w96-s150"

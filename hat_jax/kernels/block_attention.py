@@ -336,7 +336,7 @@ def _forward(cfg, q, k, v, ints):
   qp, qs, kp, ks, q_tab, _ = ints
   b, h, tq, d = q.shape
   hk, tk = k.shape[1], k.shape[2]
-  groups, bq, bk = h // hk, cfg.block_q, cfg.block_k
+  groups, bq = h // hk, cfg.block_q
   nq = tq // bq
   out_shape = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, tq, 1), jnp.float32))
   if cfg.backend == "tpu":
@@ -485,7 +485,7 @@ def block_attention(
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("Pass both q_segment_ids and kv_segment_ids, or neither.")
   b, tq, h, d = q.shape
-  tk, hk = k.shape[1], k.shape[2]
+  tk = k.shape[1]
   dbq, dbk = default_block_sizes(tq, tk, backend)
   bq, bk = block_q or dbq, block_k or dbk
   if bq % 8 or bk % 8:

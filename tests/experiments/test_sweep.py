@@ -5,7 +5,6 @@ import os
 import pathlib
 import shlex
 import subprocess
-import sys
 
 import pytest
 from etils import epath
@@ -77,15 +76,6 @@ def test_apply_overrides_adds_no_field_and_keeps_the_lock_state():
   config.lock()
   sweep.apply_overrides(config, {"name": "x", "train.steps": 5})  # 'name' is the run's, not a field
   assert config.train.steps == 5 and config.is_locked and "name" not in config
-
-
-def test_experiments_sweep_is_an_alias_of_hat_jax_sweep():
-  """experiments/sweep.py forwards to hat_jax.sweep, as a module and as `python -m experiments.sweep`."""
-  from experiments import sweep as old  # pylint: disable=g-import-not-at-top
-  assert old is sweep
-  out = subprocess.run([sys.executable, "-m", "experiments.sweep", "--help"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=120, check=False)
-  assert out.returncode == 0 and out.stdout.startswith("usage: python -m hat_jax.sweep"), out.stderr
 
 
 def test_command_line_overrides_parsed_as_the_field_type():

@@ -5,7 +5,6 @@ import pytest
 
 from hat_jax import losses
 
-from hat_jax.models import axial as axial_lib
 from hat_jax.models.axial import AxialConfig, AxialTransformer, shift_down, shift_right
 from tests import jit_helpers
 

@@ -11,7 +11,7 @@ import pytest
 
 from configs import bytes as bytes_config
 from configs.sweeps import bytes_scaling
-from hat_jax.data.splitter import BOS, EOD
+from hat_jax.data.splitter import BOS
 from hat_jax.generate.block_engine import continue_prompts
 from hat_jax.generate.sampling import GREEDY
 from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
