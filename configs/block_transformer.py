@@ -123,7 +123,7 @@ def paper_config(size: str, seed: int) -> ml_collections.ConfigDict:
       prefix_len=2, decoding="prefix", vocab_size=256, vocab_pad_to_multiple=8, attention_impl="pallas",
       dtype="bfloat16"))
   config.data = byte_data(PAPER_SEQ_LEN, batch, 4 * batch, random_pad=random_pad)
-  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=256, temperature=0.8, top_k=0, top_p=0.0))
+  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=256, temperature=0.8, top_k=0, top_p=1.0))
   return config
 
 
@@ -142,5 +142,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       prefix_len=2, decoding="prefix", vocab_size=256, vocab_pad_to_multiple=8, attention_impl="xla",
       dtype="float32"))
   config.data = byte_data(seq_len, batch, 8 if arg.size == "tiny" else 256, random_pad=True)
-  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=0.0))
+  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=1.0))
   return config

@@ -43,7 +43,7 @@ def data_config(seq_bytes: int, seq_words: int, batch: int, corpus: str, split_r
 def sample_config(max_new_bytes: int = 200) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       prompt="It was a dark and stormy night; ", max_new_bytes=max_new_bytes, temperature=0.7, top_k=0,
-      num_samples=2))
+      top_p=1.0, num_samples=2))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

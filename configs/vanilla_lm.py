@@ -59,7 +59,7 @@ def paper_config(size: str, seed: int) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(decoder=paper_decoder_stack(d, layers), vocab_size=256, pad_row=True,
                                                 vocab_pad_to_multiple=8, attention_impl="pallas", dtype="bfloat16"))
   config.data = byte_data(PAPER_SEQ_LEN, batch, 4 * batch, random_pad=False)
-  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=256, temperature=0.8, top_k=0, top_p=0.0))
+  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=256, temperature=0.8, top_k=0, top_p=1.0))
   return config
 
 
@@ -75,5 +75,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(decoder=stack(d, layers, head_dim), vocab_size=256, pad_row=True,
                                                 vocab_pad_to_multiple=8, attention_impl="xla", dtype="float32"))
   config.data = byte_data(seq_len, batch, 8 if arg.size == "tiny" else 256, random_pad=False)
-  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=0.0))
+  config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=1.0))
   return config

@@ -4,7 +4,7 @@ r"""Command line: train, evaluate or sample any registered task.
       --config.train.steps=100 --config.mesh.data=-1
 
 Modes: train (resumes from --workdir automatically), eval (latest checkpoint on the eval batches),
-sample (latest checkpoint -> `task.sample`), train_and_sample. Multi-host: the same command on every
+sample (latest checkpoint -> `task.generate`), train_and_sample. Multi-host: the same command on every
 host; `jax.distributed.initialize()` runs when the environment (or --coordinator_address) says so.
 """
 
@@ -83,7 +83,7 @@ def _run_mode(trainer, jax) -> int:
     if jax.process_index() == 0:
       print("eval: " + " ".join(f"{k}={v:.6g}" for k, v in sorted(final.items())), flush=True)
   if mode in ("sample", "train_and_sample"):
-    text = trainer.sample(config, workdir)
+    text = trainer.generate(config, workdir)
     if jax.process_index() == 0:
       print(text, flush=True)
   return 0

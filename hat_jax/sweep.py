@@ -202,7 +202,7 @@ def count_params(config) -> dict[str, int]:
 
 
 def make_record(name: str, config, final: dict[str, float], wall_s: float) -> dict[str, Any]:
-  from hat_jax.train import flops  # pylint: disable=g-import-not-at-top
+  from hat_jax.train import flops, registry  # pylint: disable=g-import-not-at-top
 
   params = count_params(config)
   if "eval/bits_per_byte" not in final:
@@ -212,7 +212,7 @@ def make_record(name: str, config, final: dict[str, float], wall_s: float) -> di
   exact = flops.step_flops_or_none(config)  # None: no analytic formula for this task
   return {"name": name, "model": str(config.task), **params, "flops": flops.six_nd_flops(config, params),
           **({} if exact is None else {"flops_exact": exact * steps}),
-          **flops.training_positions(config), "steps": steps,
+          **registry.make_task(config).run_positions(), "steps": steps,
           "val_loss": float(final["eval/bits_per_byte"]), "val_loss_nats": float(final.get("eval/loss", "nan")),
           "val_word_accuracy": float(final.get("eval/word_accuracy", "nan")), "wall_s": round(wall_s, 1)}
 
@@ -269,7 +269,7 @@ def _with_exact_flops(final: dict[str, Any]) -> dict[str, Any]:
   """The run's record; records written before `flops_exact` existed get it from their stored config
   (analytic, no model is built). Runs whose task has no formula, or whose config no longer loads,
   keep the record as stored."""
-  from hat_jax.train import flops  # pylint: disable=g-import-not-at-top
+  from hat_jax.train import flops, registry  # pylint: disable=g-import-not-at-top
 
   record = final["record"]
   if "flops_exact" in record or "config_base" not in final:

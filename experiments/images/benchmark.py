@@ -105,7 +105,7 @@ def main():
   # 1. Tokenizer.
   cfgs = {"vqvae": configure(vqvae_config.get_config("small"), args, "vqvae")}
   results["vqvae"] = train(cfgs["vqvae"], os.path.join(args.workdir, "vqvae"), previous.get("vqvae", {}))
-  print(trainer.sample(cfgs["vqvae"], os.path.join(args.workdir, "vqvae")), flush=True)
+  print(trainer.generate(cfgs["vqvae"], os.path.join(args.workdir, "vqvae")), flush=True)
 
   # 2. Generators.
   cfgs["var"] = configure(var_config.get_config("small"), args, "var")

@@ -42,6 +42,19 @@ class SamplingConfig:
   def greedy(self) -> bool:
     return self.temperature == 0.0
 
+  @classmethod
+  def from_config(cls, sample_cfg) -> "SamplingConfig":
+    """From a config's `sample` block, the one convention of every family: `temperature` (default 1;
+    0 = greedy), `top_k` (0 = off), `top_p` (1.0 = off, else in (0, 1))."""
+    top_k = int(sample_cfg.get("top_k", 0))
+    top_p = float(sample_cfg.get("top_p", 1.0))
+    if top_k < 0:
+      raise ValueError(f"config.sample.top_k must be >= 0 (0 = off), got {top_k}.")
+    if not 0.0 < top_p <= 1.0:
+      raise ValueError(f"config.sample.top_p must be in (0, 1] (1.0 = off), got {top_p}.")
+    return cls(temperature=float(sample_cfg.get("temperature", 1.0)), top_k=top_k or None,
+               top_p=top_p if top_p < 1.0 else None)
+
 
 GREEDY = SamplingConfig(temperature=0.0)
 

@@ -22,7 +22,7 @@ def blocked_supported(spec: MaskSpec, q, k, q_positions, kv_positions) -> bool:
   return (spec.is_local and q_positions is None and kv_positions is None and q.shape[1] == k.shape[1])
 
 
-def _block_size(spec: MaskSpec) -> tuple[int, int]:
+def block_size(spec: MaskSpec) -> tuple[int, int]:
   """-> (query block size B, number of key blocks each query block reads)."""
   if spec.chunk is not None:
     # Chunk-aligned blocks of >= 16 rows: a query block only ever sees its own key block.
@@ -50,7 +50,7 @@ def blocked_attention(
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("Pass both q_segment_ids and kv_segment_ids, or neither.")
   b, t, h, d = q.shape
-  block, n_kv_blocks = _block_size(spec)
+  block, n_kv_blocks = block_size(spec)
   t_pad = tiling.round_up(t, block)
   n = t_pad // block
   halo = (n_kv_blocks - 1) * block  # keys left of position 0, all padding

@@ -22,6 +22,7 @@ from hat_jax.data.iterators import Batch
 from hat_jax.models.block_transformer import BlockTransformer, BlockTransformerConfig
 from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.layers import empty_caches
+from hat_jax.train import flops
 from hat_jax.train.task import Metrics, Task
 
 # --------------------------------------------------------------------------------------------------
@@ -93,24 +94,33 @@ class _BlockRowsTask(Task):
   def units_per_batch(self, batch: Batch) -> int:
     return int(np.sum(batch["loss_mask"]))
 
+  # The per-row FLOP formula of the family (hat_jax.train.flops), set by the subclasses.
+  row_flops = None
+
+  def training_flops(self, batch=None, *, attention: str = "causal"):
+    b, s = flops.batch_shape(batch, "tokens", (self.config.train.batch_size, self.config.data.seq_len))[:2]
+    return flops.per_step(self.row_flops(self.config.model, s, attention=attention), b)
+
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     row = blocks.aligned_row([np.zeros(1, np.uint8)], int(self.config.data.seq_len), self.block_len, [0])
     return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape, v.dtype) for k, v in row.items()}
 
-  def sample(self, params, rng) -> str:
+  def generate(self, params, rng) -> str:
     """Continues `config.sample.prompt` by `config.sample.num_bytes` bytes with the jitted engine."""
     from hat_jax.generate.block_engine import continue_prompts
     from hat_jax.generate.sampling import SamplingConfig
     s = self.config.sample
     num = int(s.get("num_bytes", 64))
     num += (-num) % self.block_len if isinstance(self.model, BlockTransformer) else 0
-    sampling = SamplingConfig(float(s.get("temperature", 0.8)), s.get("top_k") or None, s.get("top_p") or None)
+    sampling = SamplingConfig.from_config(s)
     out = continue_prompts(self.model.cfg, params, [str(s.get("prompt", "The ")).encode("utf-8")], rng, num_new=num,
                            sampling=sampling)[0]
     return bytes(out.astype(np.uint8)).decode("utf-8", errors="replace")
 
 
 class BlockTransformerTask(_BlockRowsTask):
+  row_flops = staticmethod(flops.block_transformer_forward_flops)
+
   def build_model(self, model_cfg):
     return BlockTransformer(BlockTransformerConfig.from_config(model_cfg))
 
@@ -139,6 +149,8 @@ class BlockTransformerTask(_BlockRowsTask):
 
 
 class VanillaLMTask(_BlockRowsTask):
+  row_flops = staticmethod(flops.decoder_lm_forward_flops)
+
   def build_model(self, model_cfg):
     return DecoderLM(DecoderLMConfig.from_config(model_cfg))
 

@@ -59,8 +59,9 @@ VAR (task "var"), per image of L = sum(pn^2) tokens over scales pn, D = width, C
   2*D*2D, once per image on the class embedding | blocks: stack over L with block-causal pairs
   sum_k pn_k^2 * (pn_1^2 + ... + pn_k^2) (qk-norm and the affine-free LayerNorm not counted) |
   head 2*L*D*V.
-Tasks without a formula (vqvae, axial, raster_ar, custom tasks) raise ValueError from `training_flops`
-and give None from `step_flops_or_none`.
+Each task holds its own count (`Task.training_flops`, built from the formulas here); tasks without one
+(vqvae, axial, raster_ar, custom tasks) raise ValueError from `training_flops` and give None from
+`step_flops_or_none`.
 
 MFU = analytic training FLOPs per step * steps/s / (devices * peak FLOP/s per device). The peak table is
 `hat_jax.train.metrics.device_peak_flops` (dense bf16, vendor datasheets; TPUs from `hat_jax.topology`); devices without an entry
@@ -68,7 +69,7 @@ MFU = analytic training FLOPs per step * steps/s / (devices * peak FLOP/s per de
 
 Scaling laws use the coarser Kaplan/Chinchilla count instead: `six_nd_flops` = 6 * sum over levels of
 (non-embedding params x positions that level processed in the whole run), no attention term. Fits of
-L(C) are in that convention (`experiments/sweep.py` records it as `flops`, and this module's exact
+L(C) are in that convention (`hat_jax/sweep.py` records it as `flops`, and this module's exact
 count for the whole run next to it as `flops_exact`).
 """
 
@@ -85,20 +86,6 @@ from hat_jax.train import metrics as metrics_lib
 
 ATTENTION_CONVENTIONS = ("causal", "xla")
 BYTE_VOCAB = 256  # hat_jax.data.splitter.VOCAB_SIZE; kept literal so this module imports nothing heavy
-# What each task's formula reads from its config (besides the batch); without a batch also _SHAPE_NEEDS.
-# A config that lacks one is a ValueError (so `step_flops_or_none` gives None), not an AttributeError.
-_CONFIG_NEEDS = {
-    "hat": ("model.encoder", "model.backbone", "model.decoder", "data"),
-    "bytes": ("model",),  # the stack section is checked by DecoderLMConfig.from_config (a ValueError)
-    "block_transformer": ("model.block_decoder", "model.token_decoder"),
-    "vanilla_lm": ("model",),
-    "var": ("model.stack", "tokenizer.model"),
-}
-_SHAPE_NEEDS = {"hat": ("data.seq_bytes",), "bytes": ("data.seq_bytes",), "block_transformer": ("data.seq_len",),
-                "vanilla_lm": ("data.seq_len",), "var": ()}
-TASKS_WITH_FORMULA = tuple(_CONFIG_NEEDS)
-
-
 def _check_convention(attention: str) -> None:
   if attention not in ATTENTION_CONVENTIONS:
     raise ValueError(f"attention convention must be one of {ATTENTION_CONVENTIONS}, got {attention!r}.")
@@ -118,7 +105,7 @@ def attention_pairs(seq_len: int, *, causal: bool = True, window: int | None = N
       # The blocked path (hat_jax.kernels.blocked_xla): each query block of B rows reads n key blocks.
       from hat_jax.kernels import blocked_xla  # pylint: disable=g-import-not-at-top
       from hat_jax.kernels.masks import MaskSpec  # pylint: disable=g-import-not-at-top
-      block, n_blocks = blocked_xla._block_size(MaskSpec(causal=True, window=window))  # pylint: disable=protected-access
+      block, n_blocks = blocked_xla.block_size(MaskSpec(causal=True, window=window))
       return -(-s // block) * block * n_blocks * block
     return s * s
   if not causal:
@@ -253,16 +240,6 @@ def decoder_lm_forward_flops(model_cfg: Mapping[str, Any], seq_len: int, *, atte
   return {k[len("forward/"):]: v for k, v in out.items() if k.startswith("forward/")}
 
 
-def var_model_config(config):
-  """`hat_jax.models.var.VARConfig` of a "var" config, built as `VARTask` builds it (tokenizer shapes)."""
-  from hat_jax.models.layers import StackConfig  # pylint: disable=g-import-not-at-top
-  from hat_jax.models.var import VARConfig  # pylint: disable=g-import-not-at-top
-  from hat_jax.models.vqvae import VQConfig  # pylint: disable=g-import-not-at-top
-  vq = VQConfig.from_config(config.tokenizer.model)
-  return VARConfig(StackConfig.from_config(config.model.stack), scales=vq.scales, vocab_size=vq.vocab_size,
-                   z_channels=vq.z_channels, dtype=config.model.get("dtype", "float32"))
-
-
 def var_forward_flops(cfg, *, attention: str = "causal") -> dict[str, float]:
   """Per-level forward FLOPs of ONE image through VAR (`cfg` a VARConfig). The frozen tokenizer's
   `var_inputs` are not counted (module docstring)."""
@@ -277,102 +254,64 @@ def var_forward_flops(cfg, *, attention: str = "causal") -> dict[str, float]:
   }
 
 
-def _finish(fwd: Mapping[str, float]) -> dict[str, float]:
-  out = {f"forward/{k}": float(v) for k, v in fwd.items()}
-  out["forward"] = float(sum(fwd.values()))
+def per_step(row: Mapping[str, float], rows: int) -> dict[str, float]:
+  """A row's per-level forward FLOPs x `rows` -> {"forward/<level>", "forward", "train" = 3 x forward}."""
+  out = {f"forward/{k}": float(rows * v) for k, v in row.items()}
+  out["forward"] = float(sum(out.values()))
   out["train"] = 3.0 * out["forward"]
   return out
 
 
-def _require(config, task: str, *paths: str) -> None:
-  """ValueError (so `step_flops_or_none` gives None) when `config` lacks a section the formula reads."""
-  for path in paths:
-    node = config
-    for key in path.split("."):
-      if not hasattr(node, "__contains__") or key not in node:
-        raise ValueError(f"Counting FLOPs of task {task!r} needs config.{path}, which this config lacks.")
-      node = node[key]
+def _finish(fwd: Mapping[str, float]) -> dict[str, float]:
+  return per_step(fwd, 1)
 
 
-def _shape(batch: Mapping[str, Any], key: str, task: str) -> tuple[int, ...]:
+def batch_shape(batch: Mapping[str, Any] | None, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+  """Shape of `batch[key]` (array or ShapeDtypeStruct), or `default` without a batch."""
+  if batch is None:
+    return tuple(int(d) for d in default)
   if key not in batch:
-    raise ValueError(f"A {task!r} batch needs {key!r} to count FLOPs; got keys {sorted(batch)}.")
+    raise ValueError(f"Counting FLOPs needs {key!r} in the batch; got keys {sorted(batch)}.")
   x = batch[key]
   return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
 
 
 def training_flops(config, batch: Mapping[str, Any] | None = None, *, attention: str = "causal"
                    ) -> dict[str, float]:
-  """Analytic FLOPs of one training step of `config` on `batch` (tasks in TASKS_WITH_FORMULA).
+  """Analytic FLOPs of one training step of `config` on `batch`: its task's `Task.training_flops`.
 
-  `batch` is the GLOBAL batch (arrays or ShapeDtypeStructs; only shapes are read): "hat" / "bytes"
-  "bytes" [B, S] and, for HAT, "word_lengths" [B, W]; "block_transformer" / "vanilla_lm" "tokens"
-  [B, S]; "var" "tokens" [B, L]. Without it, shapes come from config.train.batch_size and the data
-  config (seq_bytes / seq_words, seq_len; VAR's L from the tokenizer's scales).
-  Returns {"train": 3 x forward, "forward", "forward/<level>"}.
+  `batch` is the GLOBAL batch (arrays or ShapeDtypeStructs; only shapes are read); without it, shapes
+  come from config.train.batch_size and the data config. Returns {"train": 3 x forward, "forward",
+  "forward/<level>"}. A task without a formula, or a config its task cannot be built from, is a
+  ValueError (so `step_flops_or_none` gives None).
   """
   _check_convention(attention)
-  task = str(config.task)
-  if task not in TASKS_WITH_FORMULA:
-    raise ValueError(f"No analytic FLOP formula for task {task!r} (known: {', '.join(TASKS_WITH_FORMULA)}); "
-                     f"use transformer_lm_flops / stack_forward_flops in hat_jax.train.flops for a new task.")
-  shape_needs = () if batch is not None else ("train.batch_size", *_SHAPE_NEEDS[task])
-  _require(config, task, *_CONFIG_NEEDS[task], *shape_needs)
-  if task == "hat":
-    if batch is not None:
-      b, s = _shape(batch, "bytes", task)[:2]
-      w = _shape(batch, "word_lengths", task)[1] if "word_lengths" in batch else int(config.data.get("seq_words", 0))
-    else:
-      b, s = int(config.train.batch_size), int(config.data.seq_bytes)
-      w = int(config.data.get("seq_words", 0))
-    row = hat_forward_flops(config.model, s, w, max_word_bytes=config.data.get("max_word_bytes"),
-                            attention=attention)
-    return _finish({k: b * v for k, v in row.items()})
-  if task in ("bytes", "block_transformer", "vanilla_lm"):
-    # Rows: packed bytes ("bytes": HAT's batches) or block-aligned tokens (the Block Transformer's).
-    key, length = ("bytes", "seq_bytes") if task == "bytes" else ("tokens", "seq_len")
-    if batch is not None:
-      b, s = _shape(batch, key, task)[:2]
-    else:
-      b, s = int(config.train.batch_size), int(config.data[length])
-    row_fn = block_transformer_forward_flops if task == "block_transformer" else decoder_lm_forward_flops
-    return _finish({k: b * v for k, v in row_fn(config.model, s, attention=attention).items()})
-  cfg = var_model_config(config)  # task == "var"
-  if batch is not None:
-    b, length = _shape(batch, "tokens", task)[:2]
-    if length != cfg.seq_len:
-      raise ValueError(f"VAR tokens are [batch, {cfg.seq_len}] for scales {cfg.scales}, got length {length}.")
-  else:
-    b = int(config.train.batch_size)
-  return _finish({k: b * v for k, v in var_forward_flops(cfg, attention=attention).items()})
+  from hat_jax.train import registry  # pylint: disable=g-import-not-at-top  # tasks import this module
 
-
-def training_positions(config) -> dict[str, float]:
-  """Positions a whole training run computes on, padding included (compute is spent on it):
-  "bytes" = steps x batch x seq_bytes and, for HAT, "words" = steps x batch x seq_words."""
-  t, d = config.train, config.data
-  if "seq_bytes" not in d:
-    raise ValueError(f"6ND counts byte positions, but task {config.task!r} has no config.data.seq_bytes; "
-                     f"add its positions to hat_jax.train.flops.training_positions.")
-  rows = int(t.steps) * int(t.batch_size)
-  out = {"bytes": float(rows * int(d.seq_bytes))}
-  if config.task == "hat":
-    out["words"] = float(rows * int(d.seq_words))
-  return out
+  try:
+    task = registry.make_task(config)
+  except (AttributeError, KeyError, TypeError) as e:
+    raise ValueError(f"Cannot count FLOPs: task {config.get('task')!r} cannot be built from this config ({e!r}).") from e
+  counts = task.training_flops(batch, attention=attention)
+  if counts is None:
+    raise ValueError(f"No analytic FLOP formula for task {config.task!r}: implement {type(task).__name__}."
+                     "training_flops with the formulas of hat_jax.train.flops (transformer_lm_flops, "
+                     "stack_forward_flops, ...).")
+  return counts
 
 
 def six_nd_flops(config, params: Mapping[str, int]) -> float:
-  """Training FLOPs of the whole run as 6 * sum over levels of N_level * D_level (Kaplan's C = 6ND).
+  """Training FLOPs of the whole run as 6 * sum over levels of N_level * D_level (Kaplan's C = 6ND):
+  the task's `Task.six_nd_flops` (`params`: non-embedding param counts, `hat_jax.sweep.count_params`).
+  Attention-score FLOPs are left out, as in 6ND; `training_flops` has them."""
+  from hat_jax.train import registry  # pylint: disable=g-import-not-at-top
 
-  `params` are non-embedding param counts (`experiments.sweep.count_params`): for HAT
-  "params_byte_level" (encoder, pooling, guides, decoder, head: run per byte) and "params_backbone"
-  (run per word); for other tasks "params_non_embedding", run per byte. Attention-score FLOPs are
-  left out, as in 6ND; `training_flops` has them.
-  """
-  pos = training_positions(config)
-  if config.task == "hat":
-    return 6.0 * (params["params_byte_level"] * pos["bytes"] + params["params_backbone"] * pos["words"])
-  return 6.0 * params["params_non_embedding"] * pos["bytes"]
+  task = registry.make_task(config)
+  out = task.six_nd_flops(params)
+  if out is None:
+    raise ValueError(f"6ND needs the positions each level of task {config.task!r} processes: implement "
+                     f"{type(task).__name__}.six_nd_flops.")
+  return out
 
 
 def describe_peak(device_kind: str) -> str:

@@ -34,6 +34,7 @@ from hat_jax.models.raster_ar import RasterAR, RasterARConfig
 from hat_jax.models.var import VAR, VARConfig
 from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig, reconstruction_metrics, to_unit_range
 from hat_jax.train.checkpoint import Checkpointer
+from hat_jax.train import flops
 from hat_jax.train.task import Metrics, Task
 
 
@@ -74,9 +75,7 @@ class _ImageTask(Task):
     return jnp.tile(jnp.arange(image_data.NUM_CLASSES, dtype=jnp.int32), per_class)
 
   def sampling(self) -> SamplingConfig:
-    """`config.sample`'s top_k / top_p as a SamplingConfig (there 0 and 1.0 mean off; temperature 1)."""
-    s = self.config.sample
-    return SamplingConfig(top_k=int(s.top_k) or None, top_p=float(s.top_p) if float(s.top_p) < 1.0 else None)
+    return SamplingConfig.from_config(self.config.sample)
 
   def write_grid(self, images, name: str) -> str:
     path = os.path.join(self.config.sample.output_dir, name)
@@ -104,7 +103,7 @@ class VQVAETask(_ImageTask):
                **reconstruction_metrics(jnp.asarray(batch["images"]), out["recon"])}
     return recon_loss + out["vq_loss"], metrics
 
-  def sample(self, params, rng) -> str:
+  def generate(self, params, rng) -> str:
     """A grid of test images over their reconstructions. (VAR and the raster AR read the tokenizer from
     this run's checkpoints; nothing is exported.)"""
     del rng
@@ -196,6 +195,13 @@ class VARTask(_TokenizedTask):
     return losses.image_token_metrics(logits, tokens, self.vq_cfg.image_size ** 2 * self.vq_cfg.channels,
                          self.var_cfg.scale_slice(len(self.var_cfg.scales) - 1))
 
+  def training_flops(self, batch=None, *, attention: str = "causal"):
+    cfg = self.var_cfg
+    b, length = flops.batch_shape(batch, "tokens", (self.config.train.batch_size, cfg.seq_len))[:2]
+    if length != cfg.seq_len:
+      raise ValueError(f"VAR tokens are [batch, {cfg.seq_len}] for scales {cfg.scales}, got length {length}.")
+    return flops.per_step(flops.var_forward_flops(cfg, attention=attention), b)
+
   def decode_steps(self, batch_size: int) -> dict[str, tuple]:
     """"last_scale": the sampler's largest step, the last scale through the cached blocks with the
     classifier-free-guidance batch doubled ([labels; null])."""
@@ -209,7 +215,7 @@ class VARTask(_TokenizedTask):
     return {"last_scale": (last_scale, (jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct(
         (b, cfg.scales[k] ** 2, cfg.z_channels), jnp.float32), caches))}
 
-  def sample(self, params, rng) -> str:
+  def generate(self, params, rng) -> str:
     images, _ = image_gen.sample_var(self.model, params, self.vq, self.vq_params, self.sample_labels(), rng,
                                      cfg_scale=float(self.config.sample.cfg_scale), sampling=self.sampling())
     return f"wrote {self.write_grid(images, 'var_samples.png')} (rows: classes 0-9 repeated)"
@@ -247,7 +253,7 @@ class RasterARTask(_TokenizedTask):
     logits = self.model.apply(params, jnp.asarray(batch["labels"]), tokens)
     return losses.image_token_metrics(logits, tokens, self.pixels_per_image, slice(-self.ar_cfg.seq_len // 2, None))
 
-  def sample(self, params, rng) -> str:
+  def generate(self, params, rng) -> str:
     tokens = image_gen.sample_raster_ar(self.model, params, self.sample_labels(), rng,
                                         cfg_scale=float(self.config.sample.cfg_scale), sampling=self.sampling())
     if self.config.model.tokens == "vq":
@@ -275,7 +281,7 @@ class AxialTask(_ImageTask):
     bpd = losses.bits_per_dim(logits, images.astype(jnp.int32).reshape(logits.shape[:3]))
     return bpd * losses.LN2, {"bits_per_dim": bpd}
 
-  def sample(self, params, rng) -> str:
+  def generate(self, params, rng) -> str:
     images = image_gen.sample_axial(self.model, params, self.sample_labels(), rng, sampling=self.sampling())
     return f"wrote {self.write_grid(images, 'axial_samples.png')} (rows: classes 0-9 repeated)"
 

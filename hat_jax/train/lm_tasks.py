@@ -15,13 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hat_jax import losses
 from hat_jax.data import documents, pipeline, streaming
 from hat_jax.data.batching import stack_rows
 from hat_jax.data.splitter import BOS, EOD, VOCAB_SIZE, WordSplitter
 from hat_jax.generate.sampling import SamplingConfig
-from hat_jax import losses
 from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.hat import HATConfig, build_hat
+from hat_jax.train import flops
 from hat_jax.train.task import Task
 
 
@@ -88,8 +89,20 @@ class ByteLMTask(Task):
     return int((np.asarray(batch["segment_ids"]) > 0).sum())
 
   def sampling_config(self) -> SamplingConfig:
-    s = self.config.sample
-    return SamplingConfig(temperature=float(s.temperature), top_k=int(s.top_k) or None, top_p=None)
+    return SamplingConfig.from_config(self.config.sample)
+
+
+  def _rows_and_bytes(self, batch) -> tuple[int, int]:
+    b, s = flops.batch_shape(batch, "bytes", (self.config.train.batch_size, self.config.data.seq_bytes))[:2]
+    return b, s
+
+  def run_positions(self) -> dict[str, float]:
+    """Positions a whole training run computes on, padding included (compute is spent on it):
+    bytes = steps x batch x seq_bytes (HAT adds its word slots)."""
+    return {"bytes": float(self._run_rows() * int(self.config.data.seq_bytes))}
+
+  def _run_rows(self) -> int:
+    return int(self.config.train.steps) * int(self.config.train.batch_size)
 
 
 class HATTask(ByteLMTask):
@@ -105,6 +118,21 @@ class HATTask(ByteLMTask):
   def loss(self, params, batch, rng):
     del rng  # no dropout
     return self.model.apply(params, batch, method=self.model.loss_and_metrics)
+
+  def training_flops(self, batch=None, *, attention: str = "causal"):
+    b, s = self._rows_and_bytes(batch)
+    w = flops.batch_shape(batch, "word_lengths", (b, self.config.data.seq_words))[1]
+    row = flops.hat_forward_flops(self.config.model, s, w, max_word_bytes=self.config.data.max_word_bytes,
+                                  attention=attention)
+    return flops.per_step(row, b)
+
+  def run_positions(self) -> dict[str, float]:
+    return {**super().run_positions(), "words": float(self._run_rows() * int(self.config.data.seq_words))}
+
+  def six_nd_flops(self, params) -> float:
+    """Byte-level params (encoder, pooling, guides, decoder, head) run per byte, the backbone per word."""
+    pos = self.run_positions()
+    return 6.0 * (params["params_byte_level"] * pos["bytes"] + params["params_backbone"] * pos["words"])
 
   def decode_steps(self, batch_size: int) -> dict[str, tuple]:
     """The samplers' device steps (`hat_jax.generate.hat_sampler`), with caches of one training row.
@@ -150,7 +178,7 @@ class HATTask(ByteLMTask):
             "word": (word, (floats(b, d.seq_bytes, enc_d), ints(b, 1), ints(b, 1), ints(b, 1), ints(b, 1),
                             caches["backbone"]))}
 
-  def sample(self, params, rng) -> str:
+  def generate(self, params, rng) -> str:
     from hat_jax.generate.hat_sampler import HATSampler, PaperHATSampler
 
     s = self.config.sample
@@ -187,12 +215,19 @@ class BytesTask(ByteLMTask):
     del rng
     return losses.next_byte_metrics(self._logits(params, batch), batch)
 
+  def training_flops(self, batch=None, *, attention: str = "causal"):
+    b, s = self._rows_and_bytes(batch)
+    return flops.per_step(flops.decoder_lm_forward_flops(self.config.model, s, attention=attention), b)
+
+  def six_nd_flops(self, params) -> float:
+    return 6.0 * params["params_non_embedding"] * self.run_positions()["bytes"]
+
   def decode_steps(self, batch_size: int) -> dict[str, tuple]:
     from hat_jax.generate.block_engine import decoder_lm_steps
 
     return decoder_lm_steps(self.model_cfg, batch_size, int(self.config.data.seq_bytes))
 
-  def sample(self, params, rng) -> str:
+  def generate(self, params, rng) -> str:
     """`num_samples` continuations of BOS + prompt, each up to `max_new_bytes` or its EOD."""
     from hat_jax.generate.block_engine import continue_prompts
 

@@ -66,9 +66,10 @@ class Task(abc.ABC):
     e.g. {"bytes": ..., "words": ...} for HAT. Counted on this process's batch."""
     return {self.unit: self.units_per_batch(batch)}
 
-  def sample(self, params: Any, rng: jax.Array) -> str:
-    """Optional: generate from trained params using `config.sample`; returns text for the CLI to print."""
-    raise NotImplementedError(f"task {self.config.task!r} has no sampler.")
+  def generate(self, params: Any, rng: jax.Array) -> str:
+    """Generate from trained params using `config.sample` (text, or images written to files); returns the
+    text the CLI prints for `--mode=sample`. Drawing one token is `hat_jax.generate.sampling.sample`."""
+    raise NotImplementedError(f"task {self.config.task!r} has no generation (Task.generate).")
 
   sum_metrics: tuple[str, ...] = ()
 
@@ -78,6 +79,20 @@ class Task(abc.ABC):
     """Shape and dtype of every array of a training batch of `batch_size` rows, without reading data."""
     raise NotImplementedError(f"{type(self).__name__} does not describe its batches (Task.batch_spec), so it "
                               "cannot be compiled ahead of time.")
+
+  def training_flops(self, batch: Batch | None = None, *, attention: str = "causal") -> dict[str, float] | None:
+    """Analytic FLOPs of one training step on the GLOBAL `batch` (arrays or ShapeDtypeStructs; shapes
+    only; None: the config's batch and row sizes), in the convention of `hat_jax.train.flops`:
+    {"train": 3 x forward, "forward", "forward/<level>"}. None for a task without a formula (its logs
+    then carry XLA's count only)."""
+    del batch, attention
+    return None
+
+  def six_nd_flops(self, params: dict[str, int]) -> float | None:
+    """Kaplan's C = 6 * sum over levels of (non-embedding params x positions that level processes in the
+    whole run), for the scaling-law fits (`hat_jax.sweep`); None when the task does not define it."""
+    del params
+    return None
 
   def stub_frozen_inputs(self) -> None:
     """Replace what `loss` reads from files besides the batch (a frozen tokenizer's params) by zeros of the

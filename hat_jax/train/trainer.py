@@ -388,10 +388,10 @@ def evaluate(config, workdir: str, devices=None) -> dict[str, float]:
   return {**{f"eval/{k}": v for k, v in metrics.items()}, "step": float(step)}
 
 
-def sample(config, workdir: str, devices=None) -> str:
-  """Restore the latest checkpoint and return `task.sample(params, rng)`."""
+def generate(config, workdir: str, devices=None) -> str:
+  """Restore the latest checkpoint and return `task.generate(params, rng)` (the CLI's --mode=sample)."""
   run, params, _ = restore_params(config, workdir, devices)
   # Sampling batches are small (a few prompts) and need not divide the mesh, so activations are left
   # unconstrained: rules without a mesh make the model's logical constraints no-ops.
   with nn.logical_axis_rules(run.rules):
-    return run.task.sample(params, run.rng(_SAMPLE_STREAM))
+    return run.task.generate(params, run.rng(_SAMPLE_STREAM))

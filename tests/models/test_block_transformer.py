@@ -146,7 +146,7 @@ def test_tiny_config_task_loss_and_sample(config_module):
                                random_pad=config.data.random_pad_first_block))
   loss, metrics = jax.jit(task.loss)(params, batch, None)
   assert np.isfinite(float(loss)) and float(metrics["target_bytes"]) == task.units_per_batch(batch) > 0
-  text = task.sample(params, jax.random.key(1))
+  text = task.generate(params, jax.random.key(1))
   assert isinstance(text, str) and len(text.encode("utf-8", errors="surrogateescape")) >= 1
   with pytest.raises(ValueError, match="Unknown"):
     module.get_config("huge")

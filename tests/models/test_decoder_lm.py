@@ -137,7 +137,7 @@ def test_bytes_task_config_loss_sample_and_sweep_overrides():
   loss, metrics = jax.jit(task.loss)(params, batch, None)
   assert np.isfinite(float(loss)) and {"bits_per_byte", "byte_accuracy", "word_accuracy"} <= set(metrics)
   config.sample.num_samples, config.sample.max_new_bytes = 2, 5
-  text = task.sample(params, jax.random.key(1))
+  text = task.generate(params, jax.random.key(1))
   assert text.count("\n---\n") == 1 and text.startswith(config.sample.prompt)
   # The scaling sweep's overrides (`model.stack.*`) size the model.
   swept = bytes_config.get_config("size=test,corpus=toy")

@@ -30,11 +30,11 @@ def test_vqvae_run_then_var_train_and_sample(tmp_path):
   vq.train.steps = 2
   vq.sample.output_dir = str(tmp_path / "vq_out")
   trainer.train(vq, str(tmp_path / "vq"))
-  assert "vqvae_reconstructions.png" in trainer.sample(vq, str(tmp_path / "vq"))
+  assert "vqvae_reconstructions.png" in trainer.generate(vq, str(tmp_path / "vq"))
 
   final = trainer.train(var, str(tmp_path / "var"))
   assert final["step"] == 2 and "eval/bits_per_image" in final
-  assert "var_samples.png" in trainer.sample(var, str(tmp_path / "var"))
+  assert "var_samples.png" in trainer.generate(var, str(tmp_path / "var"))
   assert (tmp_path / "var_out" / "var_samples.png").read_bytes()[:4] == b"\x89PNG"
 
   # The task read the tokenizer's final params, and tokens are keyed on them.

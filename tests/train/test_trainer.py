@@ -112,12 +112,12 @@ def test_eval_and_sample_from_checkpoint(reference_run):
   evaluated = trainer.evaluate(config, workdir, toy_task.one_device())
   assert evaluated["step"] == 12
   np.testing.assert_allclose(evaluated["eval/loss"], result["eval/loss"], rtol=1e-6)
-  assert trainer.sample(config, workdir, toy_task.one_device()).startswith("toy sample:")
+  assert trainer.generate(config, workdir, toy_task.one_device()).startswith("toy sample:")
 
 
 def test_sample_without_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoint found .* Train first"):
-    trainer.sample(toy_task.single_device_config(), str(tmp_path))
+    trainer.generate(toy_task.single_device_config(), str(tmp_path))
 
 
 def test_bfloat16_params(tmp_path):

@@ -116,7 +116,7 @@ class ToyTask(Task):
     examples = [self._example(10_000_019, i) for i in range(8)]
     return [{k: np.stack([e[k] for e in examples[j:j + 4]]) for k in examples[0]} for j in (0, 4)]
 
-  def sample(self, params, rng):
+  def generate(self, params, rng):
     tokens = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
     logits = self.model.apply({"params": params}, tokens)
     return "toy sample: " + " ".join(str(int(t)) for t in jnp.argmax(logits[0], -1)[:8])
