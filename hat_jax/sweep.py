@@ -269,7 +269,7 @@ def _with_exact_flops(final: dict[str, Any]) -> dict[str, Any]:
   """The run's record; records written before `flops_exact` existed get it from their stored config
   (analytic, no model is built). Runs whose task has no formula, or whose config no longer loads,
   keep the record as stored."""
-  from hat_jax.train import flops, registry  # pylint: disable=g-import-not-at-top
+  from hat_jax.train import flops  # pylint: disable=g-import-not-at-top
 
   record = final["record"]
   if "flops_exact" in record or "config_base" not in final:
