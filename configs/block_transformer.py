@@ -10,8 +10,8 @@ Rows: block-aligned single-document windows of the corpus (hat_jax/data/blocks.p
 Input embedding tables have 264 rows (256 bytes + pad, `vocab_pad_to_multiple=8`) so that tensor-parallel
 sizes up to 8 shard them; the extra rows are never used, and the first 257 initialise as a 257-row table's.
 
-Paper scale (Ho et al. 2024, arXiv:2406.02657, Table 3 via /work/shared/reference/block_axial.md §A.6;
-for ahead-of-time compilation on TPU pods): sizes `b4_5`, `b4_19`, `b4_85`, `b4_300`, `b4_800`,
+Paper scale (Ho et al. 2024, arXiv:2406.02657, Table 3 and the authors' repo
+itsnamgyu/block-transformer `conf/trainer/block_main_b4_*.yaml`; for ahead-of-time compilation on TPU pods): sizes `b4_5`, `b4_19`, `b4_85`, `b4_300`, `b4_800`,
 `b4_1.2b`, the block-length-4 models of Table 1 named by their NON-embedding size:
 
   size     block decoder        token decoder        LR     batch  Table 1 total (50K-token vocab)

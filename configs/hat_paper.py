@@ -6,7 +6,7 @@ are for ahead-of-time compilation on TPU pods, not for this machine:
 
   python -m hat_jax.main --config=configs/hat_paper.py:1b --workdir=gs://bucket/runs/hat_paper_1b
 
-FROM THE PAPER (via /work/shared/reference/hat.md §1.6; no first-hand copy of the paper was read):
+FROM THE PAPER (its hyper-parameter section and Table 4, read through secondary notes, not a first-hand copy):
   * backbone 18 / 28 / 36 layers = 1.1B / 4.3B / 9.2B params (1b / 3b / 7b);
   * encoder and decoder of the same shape: 3 layers x 6 heads (1b, 3b; "23M" / "24M") and
     4 layers x 8 heads (7b; "55M");
@@ -16,7 +16,7 @@ FROM THE PAPER (via /work/shared/reference/hat.md §1.6; no first-hand copy of t
   * the whitespace splitter (whitespace appended to the previous word): `split_rule="whitespace"`;
   * 5.97 bytes per whitespace word on DCLM (Fig. 2).
 
-DERIVED HERE (the notes give no widths):
+DERIVED HERE (the paper gives no widths):
   * Widths are 128 x layers with 128-wide heads, multi-head attention (kv heads = heads) and a SwiGLU
     MLP of 8/3 x width: backbone 2304 / 3584 / 4608 wide with 18 / 28 / 36 heads. Per layer that is
     12 d^2 params, so 12 * 2304^2 * 18 = 1.15B, 12 * 3584^2 * 28 = 4.32B, 12 * 4608^2 * 36 = 9.17B.

@@ -3,7 +3,7 @@
   python -m hat_jax.main --config=configs/tfree_hat.py:llama3_8b --workdir=gs://bucket/runs/tfree_8b
 
   7b          Aleph-Alpha/tfree-hat-pretrained-7b-base (trained from scratch): encoder 119M + backbone
-              6.98B + decoder 94M = 7.19B (HF model card, quoted in /work/shared/reference/hat.md §1.3;
+              6.98B + decoder 94M = 7.19B (HF model card of Aleph-Alpha/tfree-hat-pretrained-7b-base;
               Bolmo, arXiv:2512.15586, Table 1 also lists 7.19B).
   llama3_8b   Aleph-Alpha/llama-3_1-8b-tfree-hat-{base,sft,dpo}: the Llama 3.1 8B transformer blocks
               without embedding matrix and head as backbone (arXiv:2603.15953, abstract): 32 x 4096,

@@ -6,7 +6,7 @@ Trained and scored on the same block-aligned rows and target bytes as configs/bl
 264 rows for tensor parallelism, as in configs/block_transformer.py.
 
 Paper scale (the vanilla baselines of the Block Transformer paper's Table 1, Ho et al. 2024,
-arXiv:2406.02657; Table 3 via /work/shared/reference/block_axial.md §A.6), named by the paper's total
+arXiv:2406.02657, Table 3), named by the paper's total
 size (Pythia models of the same shape, 50K-token vocabulary):
 
   size          layers x width, heads     non-embedding   LR     batch

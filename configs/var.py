@@ -9,8 +9,8 @@ The tokenizer is the latest checkpoint of the VQVAE run in `config.tokenizer.wor
 runs/vqvae_<size>: `:tiny` reads the run of configs/vqvae.py:tiny; another run:
 `--config.tokenizer.workdir=...`, with the same tokenizer model).
 
-Paper scale (Tian et al. 2024, arXiv:2404.02905; FoundationVision/VAR, via
-/work/shared/reference/var_scaling.md §A.3-A.4), over configs/vqvae.py:var256 (VAR's 256 px tokenizer:
+Paper scale (Tian et al. 2024, arXiv:2404.02905, and the FoundationVision/VAR README and training
+arguments), over configs/vqvae.py:var256 (VAR's 256 px tokenizer:
 V = 4096, Cvae = 32, scales (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) = 680 tokens); for ahead-of-time compiling:
 
   size  depth  width (64 d)  heads (d, of 64)  params (README / paper)  batch  epochs  lr = tblr x bs / 256

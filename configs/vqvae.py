@@ -10,8 +10,7 @@ latent 8x8 (one stride-2 level), scales (1, 2, 3, 4, 6, 8) = 130 tokens, one sha
 `:tiny` uses synthetic images (no download) and a few steps, for smoke tests.
 
 `:var256` is the shape of VAR's own tokenizer at 256 px (Tian et al. 2024; FoundationVision/VAR
-`models/__init__.py::build_vae_var`, `vae_ch160v4096z32.pth`, via /work/shared/reference/var_scaling.md
-§A.2): RGB 256x256, base width ch=160, ch_mult (1, 1, 2, 2, 4) (16x downsampling to a 16x16 latent),
+`models/__init__.py::build_vae_var`, `vae_ch160v4096z32.pth`): RGB 256x256, base width ch=160, ch_mult (1, 1, 2, 2, 4) (16x downsampling to a 16x16 latent),
 Cvae = 32, one 4096-entry codebook, scales (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) = 680 tokens, 4 shared phi
 convs (quant_resi 0.5), beta 0.25. Its quantizer matches VAR's exactly (codebook 4096 x 32 plus 4 phi
 convs = 36,992 params, the paper's "0.03M"); its conv encoder/decoder are this project's simplified

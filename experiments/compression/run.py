@@ -39,7 +39,7 @@ from hat_jax.data.corpora import load_corpus
 
 MAX_WORD_BYTES = 100
 EVAL_CORPORA = ("english", "english_docs", "german")
-PAPER = {  # bytes per position reported elsewhere (shared/reference/hat.md §2.1)
+PAPER = {  # bytes per position reported by the HAT paper (Neitemeier et al. 2025, Fig. 2)
     "HAT paper, DCLM English": {"whitespace": 5.97, "bpe": 4.12},
     "TFree-HAT (unverified), English": {"hat-splitter": 5.18, "bpe (Llama-3.1)": 4.28},
     "TFree-HAT (unverified), German": {"hat-splitter": 6.03, "bpe (Llama-3.1)": 3.33},

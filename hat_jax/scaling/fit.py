@@ -1,6 +1,6 @@
 """Scaling-law fits for hat_jax sweeps.
 
-Two functional forms (see shared/reference/var_scaling.md part B):
+Two functional forms (Kaplan et al. 2020; Hoffmann et al. 2022):
 
   * Henighan et al. 2020, Eq. 1.1, one variable x (non-embedding parameters N, or compute C):
 
