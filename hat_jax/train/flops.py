@@ -81,7 +81,7 @@ from typing import Any
 
 import numpy as np
 
-from hat_jax.models.layers import StackConfig as Stack  # the one stack-shape type
+from hat_jax.models.layers import StackConfig
 from hat_jax.train import metrics as metrics_lib
 
 ATTENTION_CONVENTIONS = ("causal", "xla")
@@ -129,7 +129,7 @@ def block_causal_pairs(block_sizes, *, attention: str = "causal") -> int:
   return pairs
 
 
-def layer_position_flops(stack: Stack) -> float:
+def layer_position_flops(stack: StackConfig) -> float:
   """Matmul FLOPs of one position through one layer, attention scores excluded."""
   d, hd = stack.d_model, stack.head_dim
   proj = 2 * d * hd * (2 * stack.num_heads + 2 * stack.num_kv_heads)  # q, o  +  k, v
@@ -137,12 +137,12 @@ def layer_position_flops(stack: Stack) -> float:
   return float(proj + mlp)
 
 
-def layer_pair_flops(stack: Stack) -> float:
+def layer_pair_flops(stack: StackConfig) -> float:
   """Attention FLOPs of one (query, key) pair in one layer: scores and weighted sum over all heads."""
   return float(4 * stack.num_heads * stack.head_dim)
 
 
-def stack_forward_flops(stack: Stack, seq_len: int, *, causal: bool = True, attention: str = "causal",
+def stack_forward_flops(stack: StackConfig, seq_len: int, *, causal: bool = True, attention: str = "causal",
                         blocked: bool = True) -> float:
   """Forward FLOPs of one sequence through a pre-norm GQA + SwiGLU stack (no embedding, no head), with
   the stack's own window (pass `without_window(stack)` for a model whose mask ignores it)."""
@@ -150,12 +150,12 @@ def stack_forward_flops(stack: Stack, seq_len: int, *, causal: bool = True, atte
   return float(stack.num_layers * (seq_len * layer_position_flops(stack) + pairs * layer_pair_flops(stack)))
 
 
-def without_window(stack: Stack) -> Stack:
+def without_window(stack: StackConfig) -> StackConfig:
   """The stack as a model sees it when its mask is fixed (PaperHAT's per-word stacks, VAR's blocks)."""
   return dataclasses.replace(stack, window=None)
 
 
-def cross_attention_flops(stack: Stack, q_len: int, kv_len: int) -> float:
+def cross_attention_flops(stack: StackConfig, q_len: int, kv_len: int) -> float:
   """Forward FLOPs of one cross-attention per layer of `stack` (q/o on q_len positions, k/v on kv_len
   source positions of width d_model, all q_len x kv_len pairs: it is unmasked in both conventions)."""
   d, hd = stack.d_model, stack.head_dim
@@ -163,7 +163,7 @@ def cross_attention_flops(stack: Stack, q_len: int, kv_len: int) -> float:
   return float(stack.num_layers * (proj + q_len * kv_len * layer_pair_flops(stack)))
 
 
-def transformer_lm_flops(stack: Stack, seq_len: int, batch: int, vocab: int, *, attention: str = "causal",
+def transformer_lm_flops(stack: StackConfig, seq_len: int, batch: int, vocab: int, *, attention: str = "causal",
                          causal: bool = True, blocked: bool = True) -> dict[str, float]:
   """Generic decoder-only LM (embedding lookup, stack, vocab head) for any task: per-level forward FLOPs
   and `train` = 3 x forward, for `batch` sequences of `seq_len`."""
@@ -176,7 +176,7 @@ def hat_forward_flops(model_cfg: Mapping[str, Any], seq_bytes: int, seq_words: i
                       max_word_bytes: int | None = None, attention: str = "causal") -> dict[str, float]:
   """Per-level forward FLOPs of ONE row (S bytes, W word slots) of a HAT (`config.model`)."""
   m = dict(model_cfg)
-  enc, bb, dec = (Stack.from_config(m[k]) for k in ("encoder", "backbone", "decoder"))
+  enc, bb, dec = (StackConfig.from_config(m[k]) for k in ("encoder", "backbone", "decoder"))
   s, w, big_d = int(seq_bytes), int(seq_words), bb.d_model
   variant = m.get("variant", "tfree")
   if variant == "tfree":
