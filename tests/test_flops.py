@@ -17,6 +17,7 @@ from configs import hat as hat_config
 from configs import vanilla_lm as vanilla_config
 from configs import var as var_config
 from hat_jax.losses import token_nll
+from hat_jax.models.layers import StackConfig
 from hat_jax.data import blocks
 from hat_jax.data.batching import stack_rows
 from hat_jax.train import flops, registry
@@ -209,7 +210,7 @@ def test_attention_pair_conventions():
 
 
 def test_generic_stack_formula():
-  stack = flops.Stack(d_model=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16, mlp_dim=128)
+  stack = StackConfig(d_model=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16, mlp_dim=128)
   out = flops.transformer_lm_flops(stack, seq_len=10, batch=3, vocab=100, causal=False)
   per_pos = 2 * (4 * 64 * 64) + 6 * 64 * 128  # q, k, v, o + SwiGLU
   expected_stack = 3 * 2 * (10 * per_pos + 4 * 64 * 100)
