@@ -10,28 +10,12 @@ host; `jax.distributed.initialize()` runs when the environment (or --coordinator
 
 from __future__ import annotations
 
-import glob
-import os
 import sys
 
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-def _leave_out_absent_tpu() -> None:
-  """libtpu (which the test extra installs, for compiling ahead of time for TPU pods) initialises on every
-  jax start and prints a screen of warnings on a machine without TPU chips. Where JAX_PLATFORMS is unset
-  and this host has no TPU device nodes (/dev/accel* on v4/v5p, /dev/vfio/* on v5e/v6e), leave the TPU
-  out (NVIDIA GPUs, /dev/nvidia*, and the CPU are found as before; a ROCm host, /dev/kfd, is left alone).
-  Must run before jax is imported."""
-  if "JAX_PLATFORMS" in os.environ or any(glob.glob(p) for p in ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/kfd")):
-    return
-  os.environ["JAX_PLATFORMS"] = "cuda,cpu" if glob.glob("/dev/nvidia[0-9]*") else "cpu"
-
-
-_leave_out_absent_tpu()
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from hat_jax import distributed  # noqa: E402
+from hat_jax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/hat.py:tiny.",
                                           lock_config=True)
