@@ -80,6 +80,14 @@ def train_defaults(**overrides) -> ml_collections.ConfigDict:
       eval_every=500,
       checkpoint_every=500,
       keep_checkpoints=3,  # most recent checkpoints kept; 0 keeps all
+      # A newest checkpoint that cannot be read or fails its fingerprints: "refuse" (stop, naming the
+      # newest one that verifies) or "fallback" (resume from that one; the bad ones move to
+      # <workdir>/checkpoints_quarantine, never deleted).
+      on_bad_checkpoint="refuse",
+      # <workdir>/run.lock: the holder refreshes it every lock_heartbeat_seconds; a lock from another host
+      # whose heartbeat is older than lock_stale_seconds is taken over (same host: as soon as its pid is gone).
+      lock_heartbeat_seconds=30.0,
+      lock_stale_seconds=300.0,
   ))
   _update(train, overrides, "config.train")
   return train

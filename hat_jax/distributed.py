@@ -60,3 +60,20 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
   logging.info("jax.distributed: process %d of %d, %d local devices.", jax.process_index(),
                jax.process_count(), jax.local_device_count())
   return True
+
+
+def all_processes_agree(ok: bool) -> bool:
+  """True when `ok` holds on every process: one process's failure (a damaged file only it reads, a lock
+  only it takes) must stop them all together rather than leave the others waiting in a collective."""
+  if jax.process_count() == 1:
+    return bool(ok)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(ok)))))
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across processes (no-op for one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

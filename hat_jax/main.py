@@ -40,13 +40,15 @@ def main(argv) -> int:
   distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   # Import after distributed init: the trainer touches devices at import-free call time only, but
   # keeping jax work after initialize() is the rule jax.distributed requires.
-  from hat_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  from hat_jax.train import checkpoint, run_lock, trainer  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   try:
     return _run_mode(trainer, jax)
-  except (FileNotFoundError, FloatingPointError) as e:
-    # User-facing conditions (no checkpoint to sample, diverged run): the message says what to do.
+  except (FileNotFoundError, FloatingPointError, checkpoint.CheckpointCorruptError, checkpoint.CheckpointSaveError,
+          run_lock.WorkdirLockedError, run_lock.LockLostError) as e:
+    # User-facing conditions (no checkpoint to sample, diverged run, damaged checkpoint, failed save, a
+    # workdir in use): the message says what to do.
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     return 1
 

@@ -33,7 +33,7 @@ from hat_jax.models.layers import StackConfig
 from hat_jax.models.raster_ar import RasterAR, RasterARConfig
 from hat_jax.models.var import VAR, VARConfig
 from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig, reconstruction_metrics, to_unit_range
-from hat_jax.train.checkpoint import Checkpointer
+from hat_jax.train.checkpoint import CheckpointCorruptError, Checkpointer
 from hat_jax.train import flops
 from hat_jax.train.task import Metrics, Task
 
@@ -159,7 +159,14 @@ class _TokenizedTask(_ImageTask):
         raise ValueError(f"The tokenizer run in {tok.workdir} has another model than config.tokenizer.model "
                          f"(field: (run, config) = {diff}). Set config.tokenizer.model to the run's model or "
                          f"train the configured tokenizer: {train}.")
-      return ckpt.restore_params(self._vq_shapes(), step)[1]
+      try:
+        return ckpt.restore_params(self._vq_shapes(), step)[1]
+      except CheckpointCorruptError as e:
+        raise CheckpointCorruptError(
+            e.step, e.directory, f"{e.problem}. It is the tokenizer of this run (config.tokenizer.workdir="
+            f"{tok.workdir}). Restore it from a copy, or rerun the tokenizer's training "
+            f"({train}, same --workdir) with --config.train.on_bad_checkpoint=fallback: it resumes from its "
+            f"newest verified checkpoint and writes the latest one again.") from e
 
   def stub_frozen_inputs(self) -> None:
     """Zeros for the tokenizer's params (the loss reads its codebook and phi convs to build VAR's inputs)."""

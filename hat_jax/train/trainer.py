@@ -7,7 +7,7 @@ training rng is `fold_in(fold_in(key(seed), 1), step)`, and the data order is th
 Loop shape (nanodo / MaxText): step t is dispatched before the host blocks on step t-1's metrics,
 so the device always has queued work while the host checks for NaN, logs and reads the next batch.
 
-Per run directory (`workdir`): `checkpoints/<step>/{state,data,config}` (see `checkpoint.py`),
+Per run directory (`workdir`): `checkpoints/<step>/{state,data,config,integrity}` (see `checkpoint.py`),
 `metrics.jsonl` and `tensorboard/` (process 0 only). Train metrics are window means over
 `log_every` steps plus `<count>_per_sec` for each of `task.throughput_counts`, `steps_per_sec`,
 `tflops_per_sec_per_device` (XLA-counted) and `hfu` on known accelerators, and for tasks with an
@@ -16,11 +16,16 @@ over `task.eval_batches()` except `task.sum_metrics`, which are summed.
 
 Failure handling: a non-finite loss or gradient norm raises FloatingPointError naming the step, and
 no checkpoint is ever written from a state that such an update produced; SIGTERM writes a checkpoint
-at the next step boundary and raises `Preempted` (the CLI exits 143).
+at the next step boundary and raises `Preempted` (the CLI exits 143). Every restore is verified against
+the checkpoint's fingerprints; a damaged newest checkpoint stops the run naming the newest one that
+verifies, or with `train.on_bad_checkpoint="fallback"` resumes from it (`checkpoint.py`). A failed save
+raises `CheckpointSaveError` and is never resumed from. `<workdir>/run.lock` keeps a second run out of a
+live workdir (`run_lock.py`). README "Failure handling" lists each fault with its test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -37,11 +42,11 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hat_jax import sharding
+from hat_jax import distributed, sharding
 from hat_jax.train import checkpoint as ckpt_lib
 from hat_jax.train import flops as flops_lib
 from hat_jax.train import metrics as metrics_lib
-from hat_jax.train import optim, registry
+from hat_jax.train import optim, registry, run_lock
 from hat_jax.train.task import Task
 
 State = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": optax state}
@@ -245,13 +250,20 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, devices=None
                f"{run.num_params:,}")
 
   iterator = run.task.train_iterator(int(config.seed), jax.process_index(), jax.process_count())
-  with ckpt_lib.Checkpointer(ckpt_dir, keep=int(config.train.keep_checkpoints)) as ckpt:
-    if ckpt.latest_step() is not None:
-      step, state, data_state = ckpt.restore(run.abstract_target())
+  with _hold_workdir(config, workdir) as lock, \
+      ckpt_lib.Checkpointer(ckpt_dir, keep=int(config.train.keep_checkpoints)) as ckpt:
+    restored = ckpt.restore_newest_verified(
+        run.abstract_target(), on_bad=str(config.train.on_bad_checkpoint), config=config,
+        quarantine=os.path.join(workdir, "checkpoints_quarantine"))
+    if restored is not None:
+      step, state, data_state = restored
       step = int(step)
       if data_state is not None:
         iterator.set_state(data_state)
-      logging.info("Resumed from %s at step %d.", ckpt_dir, step)
+      logging.info("Resumed from %s at step %d (verified).", ckpt_dir, step)
+      changed = ckpt.config_changes(step, config)
+      if changed:
+        logging.warning("Resuming with config fields changed since the checkpoint: %s", "; ".join(changed))
     else:
       state, step = run.init_fn(run.rng(_PARAMS_STREAM)), 0
     writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0, total_steps=total,
@@ -260,13 +272,34 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, devices=None
       writer.print(f"{type(run.task).__name__}: {run.num_params:,} params, mesh {dict(run.mesh.shape)}, "
                    f"steps {step}->{end} of {total}")
       with run.use_mesh():
-        return _loop(run, state, step, end, iterator, ckpt, writer)
+        return _loop(run, state, step, end, iterator, ckpt, writer, lock)
     finally:
       writer.close()
 
 
+@contextlib.contextmanager
+def _hold_workdir(config, workdir: str):
+  """Hold `<workdir>/run.lock` for the run (process 0 takes it; every process learns the outcome)."""
+  t = config.train
+  lock, error = None, None
+  if jax.process_index() == 0:
+    lock = run_lock.RunLock(workdir, stale_seconds=float(t.lock_stale_seconds),
+                            heartbeat_seconds=float(t.lock_heartbeat_seconds))
+    try:
+      lock.acquire()
+    except run_lock.WorkdirLockedError as e:
+      lock, error = None, e
+  if not distributed.all_processes_agree(error is None):
+    raise error or run_lock.WorkdirLockedError(f"Process 0 could not lock {workdir}; see its log.")
+  try:
+    yield lock
+  finally:
+    if lock is not None:
+      lock.release()
+
+
 def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.Checkpointer,
-          writer: metrics_lib.MetricWriter) -> dict[str, float]:
+          writer: metrics_lib.MetricWriter, lock: run_lock.RunLock | None) -> dict[str, float]:
   config, t, task = run.config, run.config.train, run.task
   total = int(t.steps)
   log_every, eval_every, ckpt_every = int(t.log_every), int(t.eval_every), int(t.checkpoint_every)
@@ -287,8 +320,9 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
     values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     bad = {k: v for k, v in values.items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
     if bad:
-      where = (f"the last good checkpoint is step {last_ckpt} in {ckpt.directory}" if last_ckpt is not None
-               else "no checkpoint was written yet")
+      # Checkpoints are only written after a finite step, and a resume verifies what it reads.
+      where = (f"the newest checkpoint is step {last_ckpt} in {ckpt.directory} (written after a finite step)"
+               if last_ckpt is not None else "no checkpoint was written yet")
       raise FloatingPointError(
           f"Non-finite {bad} at step {s} (loss on the params after {s} updates); training stopped and "
           f"{where}. Lower config.train.learning_rate, raise warmup_steps, or inspect the batch at step {s}.")
@@ -342,6 +376,7 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
         pending = None
       pause_start = time.perf_counter()  # after process(): the step itself is done
       if save and step != last_ckpt:
+        _check_lock(lock)
         ckpt.save(step, state, iterator.get_state(), config)
         last_ckpt = step
       if do_eval:
@@ -361,6 +396,14 @@ def _loop(run: Run, state: State, step: int, end: int, iterator, ckpt: ckpt_lib.
   return result
 
 
+def _check_lock(lock: run_lock.RunLock | None) -> None:
+  """Stop before writing a checkpoint if process 0's lock was taken over (every process stops)."""
+  if not distributed.all_processes_agree(lock is None or lock.lost is None):
+    if lock is not None:
+      lock.check()
+    raise run_lock.LockLostError("Process 0 lost the run lock; see its log.")
+
+
 def restore_params(config, workdir: str, devices=None) -> tuple[Run, Any, int]:
   """Build the run and restore the latest checkpoint's params (sharded onto this mesh)."""
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -371,7 +414,9 @@ def restore_params(config, workdir: str, devices=None) -> tuple[Run, Any, int]:
           f"the same --workdir and config).")
     run = build(config, devices)
     with run.use_mesh():
-      step, state, _ = ckpt.restore(run.abstract_target(), with_data=False)
+      step, state, _ = ckpt.restore_newest_verified(
+          run.abstract_target(), on_bad=str(config.train.on_bad_checkpoint), config=config,
+          quarantine=os.path.join(workdir, "checkpoints_quarantine"), with_data=False)
   return run, state["params"], int(step)
 
 

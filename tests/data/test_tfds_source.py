@@ -88,7 +88,7 @@ def test_hat_trains_on_a_tfds_corpus_and_its_data_state_resumes(tmp_path):
     result = trainer.train(config, str(workdir))
     assert result["step"] == 2 and np.isfinite(result["eval/loss"])
     # The checkpointed data state, set on a fresh iterator, continues with the uninterrupted third batch.
-    saved = json.loads((workdir / "checkpoints" / "2" / "data" / "process_0-of-1.json").read_text())
+    saved = json.loads((workdir / "checkpoints" / "2" / "data" / "process_0-of-1.json").read_text())["iterator_state"]
     task = lm_tasks.HATTask(config)
     uninterrupted = task.train_iterator(int(config.seed))
     want = [next(uninterrupted) for _ in range(4)][2:]

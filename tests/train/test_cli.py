@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from hat_jax.train import run_lock
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(os.path.dirname(_HERE))
 _CONFIG = os.path.join("tests", "train", "toy_task.py")
@@ -43,6 +45,10 @@ def test_cli_errors_are_clear(tmp_path):
   assert "ERROR: No checkpoint found" in proc.stderr and "Train first" in proc.stderr
   proc = run_cli(f"--workdir={tmp_path}", "--config.train.no_such_field=1")
   assert proc.returncode != 0 and "no_such_field" in proc.stderr
+  with run_lock.RunLock(str(tmp_path)):  # this test's process holds the workdir
+    proc = run_cli(f"--workdir={tmp_path}")
+  assert proc.returncode == 1
+  assert f"ERROR: Another run is using {tmp_path}: host" in proc.stderr and f"pid {os.getpid()}," in proc.stderr
 
 
 def _free_port() -> int:

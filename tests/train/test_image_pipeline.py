@@ -1,6 +1,8 @@
 """The image chain through the generic trainer: a tokenizer trained, VAR trained on its tokens (restored from
 the tokenizer run's own checkpoints), class-conditional samples written (tiny configs, synthetic images);
-a missing or mismatched tokenizer run is a clear error."""
+a missing, mismatched or damaged tokenizer run is a clear error."""
+
+import json
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from configs import var as var_config
 from configs import vqvae as vqvae_config
 from hat_jax.train import registry, trainer
+from hat_jax.train.checkpoint import CheckpointCorruptError
 
 
 def small_data(config):
@@ -51,3 +54,14 @@ def test_vqvae_run_then_var_train_and_sample(tmp_path):
   other.tokenizer.workdir = str(tmp_path / "var")
   with pytest.raises(ValueError, match="is a 'var' run, not a VQVAE tokenizer run"):
     _ = registry.make_task(other).vq_params
+
+  # A damaged tokenizer checkpoint is refused, naming the way out (a fresh task: vq_params is cached).
+  integrity_file = tmp_path / "vq" / "checkpoints" / "2" / "integrity" / "metadata"
+  stored = json.loads(integrity_file.read_text())
+  stored["state"]["['params']['params']['quantizer']['codebook']"][0] ^= 1
+  integrity_file.write_text(json.dumps(stored))
+  damaged = small_data(var_config.get_config("tiny"))
+  damaged.tokenizer.workdir = str(tmp_path / "vq")
+  with pytest.raises(CheckpointCorruptError, match=r"Checkpoint step 2 .*\['params'\]\['params'\]\['quantizer'\]\['codebook'\]"
+                     r".* It is the tokenizer of this run .*on_bad_checkpoint=fallback"):
+    _ = registry.make_task(damaged).vq_params

@@ -31,8 +31,7 @@ def test_restore_params_reads_only_the_params(tmp_path):
 
     with pytest.raises(ValueError, match=r"does not hold this model's params: 1 missing \(e.g. \['dec/w'\]\)"):
       ckpt.restore_params(_abstract({**params, "dec": {"w": jnp.zeros(2)}}))
-    with pytest.raises(ValueError, match=r"other shapes than expected \(1, e.g. \[\"\['codebook'\]: stored \(4, 2\), "
-                                         r"expected \(8, 2\)\"\]\)"):
+    with pytest.raises(ValueError, match=r"1 of other shapes \(e.g. \['codebook: stored \(4, 2\), expected \(8, 2\)'\]\)"):
       ckpt.restore_params(_abstract({**params, "codebook": jnp.ones((8, 2))}))
 
   with ckpt_lib.Checkpointer(str(tmp_path / "empty")) as ckpt, pytest.raises(FileNotFoundError, match="No checkpoint"):

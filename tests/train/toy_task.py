@@ -3,13 +3,15 @@ sequences from a fixed random permutation (next token = perm[token]), so the los
 
 Registered nowhere: configs name it as `config.task = "toy_task:ToyTask"` (this directory on
 sys.path). `config.data` knobs inject faults: `nan_at_step` (a NaN loss scale on that batch) and
-`sigterm_at_batch` (the iterator sends SIGTERM to its own process when fetching that batch).
+`sigterm_at_batch` (the iterator sends SIGTERM to its own process when fetching that batch);
+`batch_delay_s` slows each batch fetch (so a kill from outside lands at a random point of a run).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import flax.linen as nn
 import grain
@@ -46,13 +48,15 @@ class ToyLM(nn.Module):
 class _FaultyIterator:
   """Wraps a grain iterator; fires the configured faults. State is the grain state (JSON dict)."""
 
-  def __init__(self, inner, sigterm_at_batch: int):
-    self._inner, self._sigterm_at, self._fetched = inner, sigterm_at_batch, 0
+  def __init__(self, inner, sigterm_at_batch: int, delay_s: float = 0.0):
+    self._inner, self._sigterm_at, self._fetched, self._delay = inner, sigterm_at_batch, 0, delay_s
 
   def __next__(self):
     if self._fetched == self._sigterm_at:
       os.kill(os.getpid(), signal.SIGTERM)
     self._fetched += 1
+    if self._delay:
+      time.sleep(self._delay)
     return next(self._inner)
 
   def get_state(self) -> dict:
@@ -110,7 +114,8 @@ class ToyTask(Task):
           [process_index::process_count]
           .batch(per_process, drop_remainder=True)
           .map_with_index(inject))
-    return _FaultyIterator(iter(ds.to_iter_dataset()), int(self.config.data.sigterm_at_batch))
+    return _FaultyIterator(iter(ds.to_iter_dataset()), int(self.config.data.sigterm_at_batch),
+                           float(self.config.data.batch_delay_s))
 
   def eval_batches(self):
     examples = [self._example(10_000_019, i) for i in range(8)]
@@ -129,7 +134,7 @@ def toy_config(**train_overrides) -> ml_collections.ConfigDict:
       "eval_every": 6, "checkpoint_every": 4, "keep_checkpoints": 5, **train_overrides})
   config.model = ml_collections.ConfigDict(dict(
       vocab=32, d_model=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32))
-  config.data = ml_collections.ConfigDict(dict(seq_len=16, nan_at_step=-1, sigterm_at_batch=-1))
+  config.data = ml_collections.ConfigDict(dict(seq_len=16, nan_at_step=-1, sigterm_at_batch=-1, batch_delay_s=0.0))
   return config
 
 
