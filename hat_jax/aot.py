@@ -249,6 +249,18 @@ def compile_train_step(run: trainer.Run, batch_size: int, hardware: Hardware, lo
   return report
 
 
+def compile_fingerprint(run: trainer.Run, hardware: Hardware, log=print) -> StepReport:
+  """Compile the checkpoint fingerprint (`hat_jax.train.integrity`) of the sharded train state: what every
+  save and restore adds per chip (an HBM-bound reduction; its estimate is bytes / bandwidth)."""
+  from hat_jax.train import integrity  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree_util.tree_leaves(abstract_state(run))
+
+  def lower():
+    with run.use_mesh():
+      return integrity.fingerprint_leaves.lower(leaves)
+  return _compile("checkpoint fingerprint", lower, hardware, log=log)
+
+
 def train_flops(config, batch) -> tuple[float | None, float | None]:
   """(model FLOPs, estimated hardware FLOPs) of one training step, or (None, None) without a formula.
 
