@@ -57,10 +57,15 @@ def _fingerprint(x: jax.Array) -> jax.Array:
   index = jnp.zeros(w.shape, jnp.uint32)
   for axis, size in enumerate(w.shape):
     index = index * np.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
-  a = jnp.sum(w * (index * np.uint32(2) + np.uint32(1)), dtype=jnp.uint32)
+  terms_a = w * (index * np.uint32(2) + np.uint32(1))
   mixed = w * _GOLDEN + index
   shift = index % np.uint32(31) + np.uint32(1)
-  b = jnp.sum((mixed << shift) | (mixed >> (np.uint32(32) - shift)), dtype=jnp.uint32)
+  terms_b = (mixed << shift) | (mixed >> (np.uint32(32) - shift))
+  # One variadic reduction: both sums in one pass over the array, so no [shape]-sized temporaries (two
+  # separate sums made XLA's CPU backend materialise their inputs, +1x the array's size in memory).
+  zero = np.uint32(0)
+  a, b = jax.lax.reduce((terms_a, terms_b), (zero, zero), lambda x, y: (x[0] + y[0], x[1] + y[1]),
+                        tuple(range(w.ndim)))
   return jnp.stack([a, b])
 
 
@@ -70,15 +75,22 @@ def fingerprint_leaves(leaves: list) -> list:
   return [_fingerprint(x) for x in leaves]
 
 
-def fingerprint_tree(tree: Any) -> dict[str, list[int]]:
-  """{keystr path: [a, b]} for every array leaf of `tree` (computed on the arrays' devices).
+_fingerprint_one = jax.jit(_fingerprint)
 
-  One compiled reduction per tree structure; the result is a few bytes per array, so fetching it is
-  the only host transfer."""
+
+def fingerprint_tree(tree: Any) -> dict[str, list[int]]:
+  """{keystr path: [a, b]} for every array leaf of `tree`, computed where the arrays live.
+
+  Device arrays (the trainer's state): one compiled reduction for the whole tree. Host (numpy) leaves
+  (converted or exported params) are moved to the device one at a time, so fingerprinting a large host
+  tree never holds a second copy of it. The result is a few bytes per array."""
   paths_and_leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   paths = [jax.tree_util.keystr(path) for path, _ in paths_and_leaves]
-  leaves = [x if isinstance(x, jax.Array) else jnp.asarray(x) for _, x in paths_and_leaves]
-  values = jax.device_get(fingerprint_leaves(leaves))
+  leaves = [x for _, x in paths_and_leaves]
+  if all(isinstance(x, jax.Array) for x in leaves):
+    values = jax.device_get(fingerprint_leaves(leaves))
+  else:
+    values = [jax.device_get(_fingerprint_one(jnp.asarray(x))) for x in leaves]
   return {path: [int(v) for v in np.asarray(value)] for path, value in zip(paths, values)}
 
 
