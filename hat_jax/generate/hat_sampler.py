@@ -46,19 +46,20 @@ class Generation:
     return self.generated.decode("utf-8", errors="replace")
 
 
-def _check_sampler_inputs(cfg: HATConfig, splitter: WordSplitter, variant: str, other: str) -> None:
-  if cfg.variant != variant:
-    raise ValueError(f"this sampler is for variant={variant!r}, the model is {cfg.variant!r}; use {other}.")
+def _check_sampler_inputs(cfg: HATConfig, splitter: WordSplitter, variants: tuple[str, ...], other: str) -> None:
+  if cfg.variant not in variants:
+    raise ValueError(f"this sampler is for variant {' or '.join(map(repr, variants))}, the model is "
+                     f"{cfg.variant!r}; use {other}.")
   if splitter.max_word_bytes != cfg.max_word_bytes:
     raise ValueError(f"splitter.max_word_bytes ({splitter.max_word_bytes}) must match the model's "
                      f"max_word_bytes ({cfg.max_word_bytes}).")
 
 
 class HATSampler:
-  """Generates bytes from a trained tfree HAT. `params` are the model's variables ({'params': ...})."""
+  """Generates bytes from a trained tfree or released HAT. `params` are the model's variables ({'params': ...})."""
 
   def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_bytes: int = 512):
-    _check_sampler_inputs(cfg, splitter, "tfree", "PaperHATSampler")
+    _check_sampler_inputs(cfg, splitter, ("tfree", "released"), "PaperHATSampler")
     self.cfg, self.params, self.splitter, self.max_total = cfg, params, splitter, max_total_bytes
     self.model = HAT(cfg)
     model = self.model
@@ -67,7 +68,8 @@ class HATSampler:
       return model.apply(params, byte_ids, pos, seg, caches, method=HAT.encode)
 
     def backbone_step(params, h_hist, starts, lengths, word_pos, valid, caches):
-      emb = model.apply(params, h_hist, starts, lengths, method=HAT.pool_words)  # [B, W, D]
+      byte_pos = jnp.broadcast_to(jnp.arange(h_hist.shape[1]), h_hist.shape[:2])  # h_hist holds bytes 0..total-1
+      emb = model.apply(params, h_hist, starts, lengths, byte_pos, word_pos, method=HAT.pool_words)  # [B, W, D]
       out, caches = model.apply(params, emb, word_pos, valid.astype(jnp.int32), caches, method=HAT.backbone)
       return out, caches
 
@@ -223,7 +225,7 @@ class PaperHATSampler:
   def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_words: int = 256):
     from hat_jax.models.hat import PaperHAT
 
-    _check_sampler_inputs(cfg, splitter, "paper", "HATSampler")
+    _check_sampler_inputs(cfg, splitter, ("paper",), "HATSampler")
     self.cfg, self.params, self.splitter, self.max_words = cfg, params, splitter, max_total_words
     model = PaperHAT(cfg)
 

@@ -63,8 +63,11 @@ class StackConfig:
   num_kv_heads: int
   head_dim: int
   mlp_dim: int
-  window: int | None = None  # sliding-window self-attention; None = full causal
+  window: int | None = None  # sliding-window self-attention over `window` keys (the query's own included); None = full causal
   rope_theta: float = 10_000.0
+  # Llama 3.1's RoPE frequency scaling ("rope_type": "llama3"): (factor, low_freq_factor, high_freq_factor,
+  # original_max_position_embeddings), e.g. (8.0, 1.0, 4.0, 8192); None = plain RoPE.
+  rope_scaling: tuple[float, float, float, int] | None = None
   qk_norm: bool = False
   norm_eps: float = 1e-6
   # How the layers run (not their shape): `scan` compiles one layer and loops it with `nn.scan` (compile
@@ -86,6 +89,11 @@ class StackConfig:
           f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads}).")
     if self.head_dim % 2:
       raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}.")
+    if self.rope_scaling is not None:
+      if len(self.rope_scaling) != 4:
+        raise ValueError(f"rope_scaling must be (factor, low_freq_factor, high_freq_factor, "
+                         f"original_max_position_embeddings) or None, got {self.rope_scaling!r}.")
+      object.__setattr__(self, "rope_scaling", tuple(self.rope_scaling))  # hashable (a ConfigDict gives a list)
 
   @classmethod
   def from_config(cls, cfg) -> "StackConfig":
@@ -137,10 +145,25 @@ class RMSNorm(nn.Module):
     return (normed * scale.astype(jnp.float32)).astype(self.dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding. x: [batch, len, heads, head_dim]; positions: [batch, len] (any ints)."""
-  head_dim = x.shape[-1]
-  freqs = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)  # [head_dim/2]
+def rope_frequencies(head_dim: int, theta: float, scaling: tuple | None = None) -> jax.Array:
+  """RoPE inverse frequencies [head_dim / 2] (float32), with Llama 3.1's scaling when `scaling` is
+  (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings): wavelengths longer than
+  original / low_freq_factor are slowed by `factor`, shorter than original / high_freq_factor kept, and
+  the band between interpolated (transformers' `_compute_llama3_parameters`)."""
+  freqs = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  if scaling is None:
+    return freqs
+  factor, low, high, original = scaling
+  wavelen = 2 * math.pi / freqs
+  scaled = jnp.where(wavelen > original / low, freqs / factor, freqs)
+  smooth = (original / wavelen - low) / (high - low)
+  medium = (wavelen >= original / high) & (wavelen <= original / low)
+  return jnp.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float, scaling: tuple | None = None) -> jax.Array:
+  """Rotary embedding (rotate-half). x: [batch, len, heads, head_dim]; positions: [batch, len] (any ints)."""
+  freqs = rope_frequencies(x.shape[-1], theta, scaling)  # [head_dim/2]
   angles = positions.astype(jnp.float32)[..., None] * freqs  # [batch, len, head_dim/2]
   sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -227,6 +250,7 @@ class Attention(nn.Module):
   head_dim: int
   mask: MaskSpec = MaskSpec()
   rope_theta: float | None = 10_000.0  # None disables RoPE (e.g. pooling queries)
+  rope_scaling: tuple | None = None  # see StackConfig.rope_scaling
   qk_norm: bool = False
   attention_impl: str = "xla"
   dtype: Dtype = jnp.float32
@@ -263,8 +287,8 @@ class Attention(nn.Module):
     elif kv_positions is None or kv_segment_ids is None:
       raise ValueError("cross-attention needs kv_positions and kv_segment_ids.")
     if self.rope_theta is not None:
-      q = apply_rope(q, positions, self.rope_theta)
-      k = apply_rope(k, kv_positions, self.rope_theta)
+      q = apply_rope(q, positions, self.rope_theta, self.rope_scaling)
+      k = apply_rope(k, kv_positions, self.rope_theta, self.rope_scaling)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
 
     if cache is not None:
@@ -319,7 +343,7 @@ class Layer(nn.Module):
   def attention(self, name: str = "attn", **overrides) -> Attention:
     cfg = self.cfg
     kwargs = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, mask=self.mask,
-                  rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm, attention_impl=self.attention_impl,
+                  rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, qk_norm=cfg.qk_norm, attention_impl=self.attention_impl,
                   dtype=self.dtype, param_dtype=self.param_dtype, mask_by_index=self.mask_by_index)
     return Attention(**{**kwargs, **overrides}, name=name)
 
@@ -363,6 +387,7 @@ class Stack(nn.Module):
   param_dtype: Dtype = jnp.float32
   mask_by_index: bool = False  # see Attention.mask_by_index
   layer: type = Block  # a `Layer` subclass
+  layer_fields: tuple = ()  # ((name, value), ...): the layer class's own extra fields, the same for every layer
 
   @nn.compact
   def __call__(self, x, *, positions, segment_ids, caches=None, context=None):
@@ -373,7 +398,7 @@ class Stack(nn.Module):
       # already does, and leaving it on there costs speed (flax docs).
       layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan)
     fields = dict(cfg=cfg, mask=self.mask, attention_impl=self.attention_impl, dtype=self.dtype,
-                  param_dtype=self.param_dtype, mask_by_index=self.mask_by_index)
+                  param_dtype=self.param_dtype, mask_by_index=self.mask_by_index, **dict(self.layer_fields))
     if cfg.scan:
       check_caches(caches, cfg, "a scanned")
       scanned = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},

@@ -1,7 +1,8 @@
 """Checkpoints: the ONLY module that imports orbax (a later move to orbax v1 stays local).
 
 A checkpoint at step s holds three items (orbax v0 `CheckpointManager`, always with `args=`):
-  * `state`: {"step", "params", "opt_state"}, saved with PyTreeSave and restored with
+  * `state`: {"step", "params", "opt_state"} ({"step", "params"} when converted from another format), saved
+    with PyTreeSave and restored with
     PyTreeRestore onto an abstract target whose leaves carry the *current* mesh's shardings, so a
     run may resume on a different mesh or device count.
   * `data`: the training iterator's `get_state()` dict, one JSON file per process
@@ -201,6 +202,10 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
     self._check_params_match(step, abstract_state, config)
+    if isinstance(abstract_state, dict) and "opt_state" in abstract_state and self._params_only(step):
+      # A converted checkpoint (hat_jax.convert) holds step and params only: the caller starts a fresh
+      # optimizer state (the returned state has no "opt_state").
+      abstract_state = {k: v for k, v in abstract_state.items() if k != "opt_state"}
     items = {"state": ocp.args.PyTreeRestore(
         abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
     stored = set(self._item_names(step))
@@ -233,6 +238,13 @@ class Checkpointer:
     params = restored["state"]["params"]
     self._verify(step, restored, {"state": {"params": params}})
     return step, params
+
+  def _params_only(self, step: int) -> bool:
+    try:
+      tree = self._manager.item_metadata(step)["state"].tree
+    except Exception:  # pylint: disable=broad-except  # unreadable metadata: the read itself will say so
+      return False
+    return isinstance(tree, dict) and "params" in tree and "opt_state" not in tree
 
   def _read(self, step: int, items: dict) -> dict:
     """manager.restore plus the integrity item; any read failure becomes CheckpointCorruptError."""

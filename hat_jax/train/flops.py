@@ -204,7 +204,25 @@ def hat_forward_flops(model_cfg: Mapping[str, Any], seq_bytes: int, seq_words: i
         "decoder": w * stack_forward_flops(without_window(dec), n, **per_word),
         "head": 2.0 * w * n * dec.d_model * BYTE_VOCAB,
     }
-  raise ValueError(f"No FLOP formula for HAT variant {variant!r}; known: 'tfree', 'paper'.")
+  if variant == "released":
+    # hat_jax.models.hat.ReleasedWordPool / ReleasedCrossAttention: the pool's query is one projection of
+    # the latent (per row, negligible); keys / values from the encoder width to kv_heads x head_dim; scores
+    # and weighted sum over heads x head_dim; o_proj. The decoder's guide: v_proj and o_proj per byte in
+    # the layers that cross-attend.
+    pool_width = int(m["pool_heads"]) * enc.head_dim
+    kv_width = (int(m.get("pool_kv_heads") or m["pool_heads"])) * enc.head_dim
+    guide_width = int(m.get("guide_hidden") or dec.d_model)
+    guide_kv = guide_width * int(m.get("guide_kv_heads") or m["guide_heads"]) // int(m["guide_heads"])
+    cross_layers = dec.num_layers if m.get("guide_every_layer", True) else 1
+    return {
+        "encoder": stack_forward_flops(enc, s, attention=attention),
+        "pool": 2.0 * s * enc.d_model * 2 * kv_width + 4.0 * s * pool_width + 2.0 * w * pool_width * big_d,
+        "backbone": stack_forward_flops(bb, w, attention=attention),
+        "decoder": (cross_layers * 2.0 * s * (big_d * guide_kv + guide_width * dec.d_model)
+                    + stack_forward_flops(dec, s, attention=attention)),
+        "head": 2.0 * s * dec.d_model * BYTE_VOCAB,
+    }
+  raise ValueError(f"No FLOP formula for HAT variant {variant!r}; known: 'tfree', 'paper', 'released'.")
 
 
 def block_transformer_forward_flops(model_cfg: Mapping[str, Any], seq_len: int, *,

@@ -258,6 +258,11 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, devices=None
     if restored is not None:
       step, state, data_state = restored
       step = int(step)
+      if "opt_state" not in state:  # a converted checkpoint (hat_jax.convert): params only
+        state = {**state, "opt_state": jax.jit(run.tx.init, out_shardings=run.state_shardings["opt_state"])(
+            state["params"])}
+        logging.warning("The checkpoint at step %d holds params only (converted); starting a fresh optimizer "
+                        "state.", step)
       if data_state is not None:
         iterator.set_state(data_state)
       logging.info("Resumed from %s at step %d (verified).", ckpt_dir, step)
@@ -440,3 +445,29 @@ def generate(config, workdir: str, devices=None) -> str:
   # unconstrained: rules without a mesh make the model's logical constraints no-ops.
   with nn.logical_axis_rules(run.rules):
     return run.task.generate(params, run.rng(_SAMPLE_STREAM))
+
+
+def score(config, workdir: str, *, text_file: str | None = None, choices_file: str | None = None,
+          batch_size: int = 8, devices=None) -> dict[str, float]:
+  """Restore the latest checkpoint and score it (`hat_jax.score`; the CLI's --mode=score): bits per byte of
+  the UTF-8 `text_file` ("text/bits_per_byte", "text/bytes", "text/nll_bits") and lm-eval multiple-choice
+  accuracy over the JSONL `choices_file` ("choices/acc", "choices/acc_norm", "choices/items"). Inputs are
+  checked before the checkpoint is read."""
+  from hat_jax import score as score_lib  # pylint: disable=g-import-not-at-top
+
+  if not text_file and not choices_file:
+    raise ValueError("score needs a text file (bits per byte) and/or a JSONL file of choices (multiple choice).")
+  if text_file:
+    score_lib.read_text(text_file)
+  if choices_file:
+    score_lib.read_choices(choices_file)
+  run, params, step = restore_params(config, workdir, devices)
+  out = {"step": float(step)}
+  # As in `generate`: scoring batches need not divide the mesh, so activations are left unconstrained.
+  with nn.logical_axis_rules(run.rules):
+    scorer = score_lib.Scorer(run.task, params, batch_size=batch_size)
+    if text_file:
+      out.update({f"text/{k}": v for k, v in score_lib.bits_per_byte(scorer, text_file).items()})
+    if choices_file:
+      out.update({f"choices/{k}": v for k, v in score_lib.multiple_choice(scorer, choices_file).items()})
+  return out
