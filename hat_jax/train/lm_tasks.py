@@ -91,6 +91,15 @@ class ByteLMTask(Task):
   def sampling_config(self) -> SamplingConfig:
     return SamplingConfig.from_config(self.config.sample)
 
+  @staticmethod
+  def _next_byte_log_probs(logits: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
+    """Models with next-byte logits: logits[t] predicts bytes[t + 1] (= targets[t]) where loss_mask[t], so
+    the log-probability of bytes[t] sits at t - 1. logits [B, S, 256] -> ([B, S], zeros [B, W])."""
+    lp_next = -losses.token_nll(logits, batch["targets"])  # [B, S]: log p(bytes[t + 1])
+    lp_next = jnp.where(batch["loss_mask"] > 0, lp_next, 0.0)
+    byte_lp = jnp.concatenate([jnp.zeros_like(lp_next[:, :1]), lp_next[:, :-1]], axis=1)
+    return byte_lp, jnp.zeros(batch["word_lengths"].shape, jnp.float32)
+
 
   def _rows_and_bytes(self, batch) -> tuple[int, int]:
     b, s = flops.batch_shape(batch, "bytes", (self.config.train.batch_size, self.config.data.seq_bytes))[:2]
@@ -118,6 +127,25 @@ class HATTask(ByteLMTask):
   def loss(self, params, batch, rng):
     del rng  # no dropout
     return self.model.apply(params, batch, method=self.model.loss_and_metrics)
+
+  def byte_log_probs(self, params, batch):
+    """tfree: next-byte logits (see `ByteLMTask._next_byte_log_probs`). paper: per-word predictions of
+    `c_1..c_n, [W]`; byte c_i of word j goes to its slot in the row, and log p([W] | word j) to word_end_lp[j]
+    (`Task.byte_log_probs`)."""
+    if self.model_cfg.variant != "paper":
+      return self._next_byte_log_probs(self.model.apply(params, batch), batch)
+    logits, targets, mask = self.model.apply(params, batch)  # [B, W, M+1, 256], [B, W, M+1], [B, W, M+1]
+    lp = jnp.where(mask, -losses.token_nll(logits, targets), 0.0)  # [B, W, M+1]
+    lengths = batch["word_lengths"]  # [B, W]
+    word_end_lp = jnp.take_along_axis(lp, lengths[..., None], axis=2)[..., 0]  # the [W] slot of each word
+    m = self.model_cfg.max_word_bytes
+    slot = jnp.arange(m)
+    num_bytes = batch["bytes"].shape[1]
+    # Byte i of word j lives at row slot word_starts[j] + i; slots past a word's end are sent out of range.
+    at = jnp.where(slot < lengths[..., None], batch["word_starts"][..., None] + slot, num_bytes)  # [B, W, M]
+    byte_lp = jax.vmap(lambda at, v: jnp.zeros(num_bytes, jnp.float32).at[at.reshape(-1)].add(
+        v.reshape(-1), mode="drop"))(at, lp[..., :m])  # [B, S]; words do not overlap, so each slot gets one value
+    return byte_lp, word_end_lp
 
   def training_flops(self, batch=None, *, attention: str = "causal"):
     b, s = self._rows_and_bytes(batch)
@@ -214,6 +242,9 @@ class BytesTask(ByteLMTask):
   def loss(self, params, batch, rng):
     del rng
     return losses.next_byte_metrics(self._logits(params, batch), batch)
+
+  def byte_log_probs(self, params, batch):
+    return self._next_byte_log_probs(self._logits(params, batch), batch)
 
   def training_flops(self, batch=None, *, attention: str = "causal"):
     b, s = self._rows_and_bytes(batch)

@@ -73,6 +73,15 @@ class Task(abc.ABC):
 
   sum_metrics: tuple[str, ...] = ()
 
+  def byte_log_probs(self, params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """For scoring text (`hat_jax.score`): the natural-log probability the model gives each byte of a packed
+    batch, from the same forward pass as `loss`. Returns (byte_lp [B, S] float32: log p(bytes[t] | what
+    precedes it in its segment), 0 where bytes[t] is not predicted; word_end_lp [B, W] float32: log p(word j
+    ends) for models that predict word ends explicitly, 0 elsewhere). Pure and jit-able."""
+    del params, batch
+    raise NotImplementedError(f"task {self.config.task!r} does not score bytes (Task.byte_log_probs); scoring "
+                              "works for the byte-level LM tasks 'hat' and 'bytes'.")
+
   # -- ahead-of-time compilation (hat_jax.aot): shapes only, no data ---------------------------------
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
