@@ -189,32 +189,36 @@ def key_map(model: dict) -> dict[str, tuple[str, int | None, str]]:
 
 
 class SafetensorsReader:
-  """The tensors of a HF directory (one `model.safetensors` or shards with an index), read one at a time."""
+  """The tensors of a HF directory (one `model.safetensors` or shards with an index), read one at a time.
+  Each read maps its shard only for the read: a process that kept every shard mapped would count all the
+  pages it touched as its own memory."""
 
   def __init__(self, directory: str):
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    self._open = lambda name: safe_open(os.path.join(directory, name), framework="np")  # noqa: E731
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index):
       with open(index) as f:
         weight_map = json.load(f)["weight_map"]
     else:
-      single = os.path.join(directory, "model.safetensors")
-      if not os.path.exists(single):
+      if not os.path.exists(os.path.join(directory, "model.safetensors")):
         raise ConversionError(f"{directory} has neither model.safetensors nor model.safetensors.index.json.")
-      with safe_open(single, framework="np") as f:
+      with self._open("model.safetensors") as f:
         weight_map = {k: "model.safetensors" for k in f.keys()}
-    self._files = {name: safe_open(os.path.join(directory, name), framework="np")
-                   for name in sorted(set(weight_map.values()))}
     self.weight_map = weight_map
 
   def keys(self) -> list[str]:
     return sorted(self.weight_map)
 
-  def shape(self, key: str) -> tuple[int, ...]:
-    return tuple(self._files[self.weight_map[key]].get_slice(key).get_shape())
-
   def get(self, key: str) -> np.ndarray:
-    return self._files[self.weight_map[key]].get_tensor(key)
+    with self._open(self.weight_map[key]) as f:
+      return f.get_tensor(key)
+
+  def dtype(self, key: str) -> str:
+    """The stored dtype as a numpy name, from the file header (no data read)."""
+    with self._open(self.weight_map[key]) as f:
+      code = f.get_slice(key).get_dtype()
+    return {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}.get(code, code.lower())
 
 
 def write_safetensors(directory: str, tensors: Iterator[tuple[str, np.ndarray]], *,
@@ -291,7 +295,9 @@ def hf_to_params(read: Callable[[str], np.ndarray], hf_keys: list[str], model: d
   unmapped = sorted(set(targets) - {path for path, _, _ in mapping.values()})
   if unmapped:
     raise ConversionError(f"No released key fills our params {unmapped[:5]} (a converter bug).")
-  out: dict[str, np.ndarray] = {}
+  import jax  # pylint: disable=g-import-not-at-top
+  out: dict[str, Any] = {}
+  layers_left = {path: int(targets[path].shape[0]) for path, index, _ in mapping.values() if index is not None}
   for n, key in enumerate(hf_keys):
     path, index, kind = mapping[key]
     target = targets[path]
@@ -304,13 +310,16 @@ def hf_to_params(read: Callable[[str], np.ndarray], hf_keys: list[str], model: d
     if value is None or value.shape != layer_shape:
       raise ConversionError(f"{key}: shape {tuple(tensor.shape)} does not fit our {path} {layer_shape} "
                             f"(from config.json): the checkpoint and its config disagree.")
-    value = value.astype(target.dtype)
     if index is None:
-      out[path] = value
-    else:
+      out[path] = jax.device_put(value.astype(target.dtype))  # complete: held once, as a jax array
+    else:  # a scanned stack's param fills layer by layer, then becomes one [layers, ...] array
       if path not in out:
         out[path] = np.zeros(target.shape, target.dtype)
       out[path][index] = value
+      layers_left[path] -= 1
+      if layers_left[path] == 0:
+        out[path] = jax.device_put(out[path])
+    del tensor, value
     progress(f"[{n + 1}/{len(hf_keys)}] {key} -> {path}")
   return _nest(out)
 
@@ -380,7 +389,7 @@ def from_hf(directory: str, out: str, base_config: str, progress=print) -> None:
   params = {"params": hf_to_params(reader.get, reader.keys(), model, abstract["params"], progress)}
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "hf_config.json"), "w") as f:
-    json.dump({**hf, "_hat_jax_dtypes": {k: str(reader.get(k).dtype) for k in reader.keys()}}, f, indent=1)
+    json.dump({**hf, "_hat_jax_dtypes": {k: reader.dtype(k) for k in reader.keys()}}, f, indent=1)
   _params_only_checkpoint(out, params, config)
   progress(f"wrote {out}/checkpoints/0 ({len(reader.keys())} tensors) and its config; run with "
            f"python -m hat_jax.main --config=<your config with model as in {out}/checkpoints/0/config> "
