@@ -109,8 +109,15 @@ def byte_stack(num_layers: int) -> ml_collections.ConfigDict:
   return common.pod_stack(BYTE_WIDTH, num_layers, BYTE_HEADS, mlp_dim=BYTE_MLP, window=BYTE_WINDOW, norm_eps=1e-5)
 
 
+# variant="released" (hat_jax.models.hat): the released architecture exactly, what `python -m hat_jax.convert
+# from-hf` builds from a checkpoint's config.json. Its byte-module shapes are the ones fitted above (the
+# config.json files were not reachable); a converted checkpoint brings its own. The connector's heads are
+# D / 128 (its head_dim must be the encoder's, 1024 / 8), the decoder cross-attention 8 x 128 in every layer.
+LLAMA31_ROPE_SCALING = (8.0, 1.0, 4.0, 8192)  # Llama 3.1's config.json rope_scaling (rope_type "llama3")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, size="7b", seed=0, split_rule="tfree", corpus="english")
+  arg = common.parse_arg(arg, size="7b", seed=0, split_rule="tfree", corpus="english", variant="tfree")
   layers, width, heads, kv_heads, mlp, steps = common.size_row(SIZES, arg.size, "tfree_hat")
   config = common.base_config("hat", seed=arg.seed)
   config.train = common.train_defaults(
@@ -123,6 +130,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       variant="tfree", encoder=byte_stack(ENCODER_LAYERS), backbone=backbone, decoder=byte_stack(DECODER_LAYERS),
       pool_heads=width // 128, attention_impl="pallas", dtype="bfloat16"))
+  if arg.variant == "released":
+    if arg.size.startswith("llama3"):
+      config.model.backbone.rope_scaling = LLAMA31_ROPE_SCALING
+    for stack in ("encoder", "decoder"):
+      config.model[stack].window = BYTE_WINDOW + 1  # the released window attends to w + 1 keys
+    config.model.decoder.scan = False  # the released decoder builds layer 0 apart
+    config.model.update(dict(variant="released", pool_kv_heads=width // 128, pool_qk_norm="none", guide_heads=BYTE_HEADS,
+                             guide_kv_heads=BYTE_HEADS, guide_hidden=BYTE_WIDTH, guide_qk_norm="none",
+                             guide_every_layer=True))
+  elif arg.variant != "tfree":
+    raise ValueError(f"configs/tfree_hat.py: variant must be 'tfree' or 'released', got {arg.variant!r}.")
   config.data = data_config(SEQ_BYTES, SEQ_WORDS, 64, arg.corpus, arg.split_rule, max_word_bytes=MAX_WORD_BYTES)
   config.sample = sample_config(300)
   return config

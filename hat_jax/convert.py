@@ -492,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--out", required=True)
   p.add_argument("--base_config", required=True)
   args = parser.parse_args(argv)
+  from hat_jax.train.checkpoint import CheckpointCorruptError  # pylint: disable=g-import-not-at-top
   try:
     if args.command == "from-hf":
       from_hf(args.directory, args.out, args.base_config)
@@ -499,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
       from_hf_llama(args.directory, args.out, args.base_config)
     else:
       to_hf(args.workdir, args.out)
-  except (ConversionError, FileNotFoundError) as e:
+  except (ConversionError, FileNotFoundError, CheckpointCorruptError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     return 1
   return 0

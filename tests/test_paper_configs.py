@@ -143,6 +143,22 @@ def test_tfree_hat_param_counts(size):
   assert_close(count(params, *params), released["total"], "total")
 
 
+def test_released_tfree_hat_7b_matches_the_card_exactly_in_structure():
+  """variant="released" has the released modules, q_proj and the unused cross-attention weights included:
+  the byte modules match the card without subtracting anything."""
+  config, task, params = built("tfree_hat", "7b,variant=released")
+  released = tfree_hat.RELEASED_PARAMS["7b"]
+  assert_close(count(params, "byte_embed", "encoder", "pool"), released["encoder"], "encoder", tol=0.01)
+  assert_close(count(params, "first_word_embedding", "decoder", "decoder_rest", "final_norm", "lm_head"),
+               released["decoder"], "decoder", tol=0.01)
+  assert_close(count(params, "backbone_stack"), released["backbone"], "backbone", tol=0.01)
+  assert_close(count(params, *params), released["total"], "total", tol=0.01)
+  cfg = HATConfig.from_config(config.model, config.data.max_word_bytes)
+  assert cfg.encoder.window == 769 and cfg.backbone.rope_scaling is None
+  llama, _, _ = built("tfree_hat", "llama3_8b,variant=released")
+  assert tuple(llama.model.backbone.rope_scaling) == (8.0, 1.0, 4.0, 8192)
+
+
 @pytest.mark.parametrize("size", list(tfree_hat.SIZES))
 def test_tfree_hat_config_fields(size):
   config, task, _ = built("tfree_hat", size)

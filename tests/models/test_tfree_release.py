@@ -207,6 +207,13 @@ def test_from_hf_then_to_hf_cli_is_bit_exact(tmp_path):
     assert back.dtype == value.dtype and back.tobytes() == value.tobytes(), key
   assert json.loads(open(os.path.join(out, "config.json")).read()) == hf
   assert convert.main(["from-hf", str(tmp_path / "hf"), "--out", workdir]) == 1  # never over an existing run
+  # A converted checkpoint is fingerprinted like any other: damage is refused, not written back out.
+  integrity_file = os.path.join(workdir, "checkpoints", "0", "integrity", "metadata")
+  stored = json.loads(open(integrity_file).read())
+  stored["state"]["['params']['params']['lm_head']['kernel']"][0] ^= 1
+  open(integrity_file, "w").write(json.dumps(stored))
+  assert convert.main(["to-hf", workdir, "--out", str(tmp_path / "back2")]) == 1
+  assert not os.path.exists(tmp_path / "back2")
 
 
 @pytest.mark.slow  # two compiles of the trainer (~25 s)
