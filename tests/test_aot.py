@@ -55,8 +55,9 @@ def test_hat_test_size_compiles_with_mosaic_kernels_on_v5e_4x4(mesh):
   _assert_compiled_with_kernels(report, ("train", "decode/byte", "decode/word") if decode else ("train",))
 
 
-def test_paper_hat_block_transformer_and_var_compile_with_mosaic_kernels():
+def test_paper_and_released_hat_block_transformer_and_var_compile_with_mosaic_kernels():
   for config, decode in [(hat.get_config("test,corpus=toy,variant=paper"), ("decode/word", "decode/decode_word")),
+                         (hat.get_config("test,corpus=toy,variant=released"), ("decode/byte", "decode/word")),
                          (block_transformer.get_config("tiny"), ("decode/block", "decode/token")),
                          (var.get_config("tiny"), ("decode/last_scale",))]:
     report = aot.run(_pallas(config, data=2, fsdp=4), "v5p:2x2x2", batch_size=8)

@@ -198,7 +198,8 @@ class HATTask(ByteLMTask):
       return logits, enc_caches, dec_caches
 
     def word(params, h_hist, starts, lengths, word_pos, valid, caches):
-      emb = model.apply(params, h_hist, starts, lengths, method=HAT.pool_words)
+      byte_pos = jnp.broadcast_to(jnp.arange(h_hist.shape[1]), h_hist.shape[:2])  # as in HATSampler
+      emb = model.apply(params, h_hist, starts, lengths, byte_pos, word_pos, method=HAT.pool_words)
       return model.apply(params, emb, word_pos, valid, caches, method=HAT.backbone)
 
     return {"byte": (byte, (ints(b, 1), ints(b, 1), ints(b, 1), floats(b, 1, bb_d), caches["encoder"],
