@@ -380,6 +380,8 @@ def from_hf(directory: str, out: str, base_config: str, progress=print) -> None:
     hf = json.load(f)
   model, max_word_bytes = model_config_from_hf(hf)
   config = _run_config(base_config, model, max_word_bytes)
+  # The released splitter cuts each special token (e.g. "<|eot_id|>" -> 192) out as a one-byte word first.
+  config.data.special_tokens = {str(k): int(v) for k, v in hf.get("special_token_dict", {}).items()}
   model = config.model.to_dict()  # with the base config's scan settings: scanned stacks stack the layers
   task = registry.make_task(config)
   abstract = nn.unbox(jax.eval_shape(task.init_params, jax.random.key(0)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 
 from hat_splitter import HATSplitter
 
@@ -56,7 +57,10 @@ def _chunk_utf8(word: bytes, max_bytes: int) -> list[bytes]:
 class WordSplitter:
   """Splits byte strings into words of at most `max_word_bytes` bytes."""
 
-  def __init__(self, rule: str = "tfree", max_word_bytes: int = 32):
+  def __init__(self, rule: str = "tfree", max_word_bytes: int = 32, special_tokens: Mapping[str, int] | None = None):
+    """`special_tokens` ({"<|eot_id|>": 192}, the released TFree-HAT's `special_token_dict`): each occurrence
+    of a token's text is cut out first and becomes the one-byte word of its id, as the released splitter
+    does; the text between goes through the rule."""
     if rule not in SPLIT_RULES:
       raise ValueError(f"Unknown split rule {rule!r}; choose one of {SPLIT_RULES}.")
     if not isinstance(max_word_bytes, int) or max_word_bytes < _MIN_WORD_BYTES:
@@ -64,6 +68,12 @@ class WordSplitter:
           f"max_word_bytes must be an int >= {_MIN_WORD_BYTES} (one UTF-8 character), got {max_word_bytes!r}.")
     self.rule = rule
     self.max_word_bytes = max_word_bytes
+    self.special_tokens = {str(k).encode(): int(v) for k, v in dict(special_tokens or {}).items()}
+    for token, byte in self.special_tokens.items():
+      if not token or not 0 <= byte < VOCAB_SIZE:
+        raise ValueError(f"special token {token!r} -> {byte}: tokens must be non-empty and map to a byte 0..255.")
+    self._special = re.compile(b"|".join(re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True))
+                               ) if self.special_tokens else None
 
   def _split_text(self, text: str) -> list[bytes]:
     if self.rule == "tfree":
@@ -73,6 +83,17 @@ class WordSplitter:
   def split(self, data: bytes) -> list[bytes]:
     if not isinstance(data, (bytes, bytearray)):
       raise TypeError(f"WordSplitter.split takes bytes, got {type(data).__name__}; encode text with .encode('utf-8').")
+    if self._special is not None:
+      words: list[bytes] = []
+      start = 0
+      for match in self._special.finditer(bytes(data)):
+        words.extend(self._split_plain(bytes(data[start:match.start()])))
+        words.append(bytes([self.special_tokens[match.group()]]))
+        start = match.end()
+      return words + self._split_plain(bytes(data[start:]))
+    return self._split_plain(bytes(data))
+
+  def _split_plain(self, data: bytes) -> list[bytes]:
     words: list[bytes] = []
     for piece in _UNDECODABLE.split(bytes(data).decode("utf-8", errors="surrogateescape")):
       if not piece:

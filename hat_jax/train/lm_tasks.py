@@ -34,7 +34,7 @@ class ByteLMTask(Task):
   def __init__(self, config):
     super().__init__(config)
     d = config.data
-    self.splitter = WordSplitter(d.split_rule, d.max_word_bytes)
+    self.splitter = WordSplitter(d.split_rule, d.max_word_bytes, d.get("special_tokens"))
     if d.seq_bytes < d.max_word_bytes:
       raise ValueError(f"data.seq_bytes ({d.seq_bytes}) must be >= data.max_word_bytes ({d.max_word_bytes}).")
 

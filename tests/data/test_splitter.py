@@ -89,3 +89,13 @@ def test_finish_words_for_generation():
                                      (b"\xed\xa0", 0), (b"", 0), (b"\xf0\x9f\x98", 3)])
 def test_incomplete_utf8_tail(data, n):
   assert incomplete_utf8_tail(data) == n
+
+
+def test_special_tokens_are_cut_out_first_as_one_byte_words():
+  # The released TFree-HAT splitter: special_token_dict {"<|eot_id|>": 192}.
+  splitter = WordSplitter("tfree", 16, {"<|eot_id|>": 192, "<|x|>": 7})
+  assert splitter.split(b"Hi there<|eot_id|><|x|>ok<|eot_id|>") == [
+      b"Hi", b" there", b"\xc0", b"\x07", b"ok", b"\xc0"]
+  assert WordSplitter("tfree", 16).split(b"a<|x|>") != [b"a", b"\x07"]  # without them: ordinary text
+  with pytest.raises(ValueError, match="map to a byte 0..255"):
+    WordSplitter("tfree", 16, {"<|eot_id|>": 300})

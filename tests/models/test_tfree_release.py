@@ -36,13 +36,16 @@ def _model(hf_config: dict) -> tuple[HATConfig, dict]:
 
 def _words(text: str, max_word_bytes: int) -> list[bytes]:
   """Words as the released splitter makes them: special tokens cut out first as one-byte words, the rest
-  through hat-splitter with the config's max word size."""
-  words: list[bytes] = []
+  through hat-splitter with the config's max word size (`WordSplitter(..., special_tokens)`, checked
+  against that rule spelled out here)."""
+  by_hand: list[bytes] = []
   for i, part in enumerate(text.split("<|eot_id|>")):
     if i:
-      words.append(bytes([EOT]))
+      by_hand.append(bytes([EOT]))
     if part:
-      words.extend(WordSplitter("tfree", max_word_bytes).split(part.encode()))
+      by_hand.extend(WordSplitter("tfree", max_word_bytes).split(part.encode()))
+  words = WordSplitter("tfree", max_word_bytes, {"<|eot_id|>": EOT}).split(text.encode())
+  assert words == by_hand
   return words
 
 
@@ -196,6 +199,7 @@ def _converted(tmp_path):
 def test_from_hf_then_to_hf_cli_is_bit_exact(tmp_path):
   hf, weights, workdir, config = _converted(tmp_path)
   assert config.model.variant == "released" and config.data.max_word_bytes == hf["max_word_size"]
+  assert dict(config.data.special_tokens) == hf["special_token_dict"] == {"<|eot_id|>": EOT}
   out = str(tmp_path / "back")
   assert convert.main(["to-hf", workdir, "--out", out]) == 0
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
