@@ -6,9 +6,10 @@
 
 `from-hf` reads the Hugging Face directory's `config.json` and safetensors (one file, or shards listed in
 `model.safetensors.index.json`), one tensor at a time, and writes WORKDIR/checkpoints/0 (params only: a
-run resuming from it starts a fresh optimizer state at step 0) with a run config: the `--base_config`
-(mesh, training, data settings) with `config.model` and `data.max_word_bytes` replaced by the released
-model's. The released config.json is kept as WORKDIR/hf_config.json for `to-hf`, which writes the same
+run resuming from it starts a fresh optimizer state at step 0) with a run config, WORKDIR/config.py
+(`python -m hat_jax.main --config=WORKDIR/config.py --workdir=WORKDIR ...`): the `--base_config` (mesh,
+training, data settings) with `config.model`, `data.max_word_bytes` and `data.special_tokens` replaced
+by the released model's. The released config.json is kept as WORKDIR/hf_config.json for `to-hf`, which writes the same
 keys, shapes and dtypes back (bit for bit when the params were not trained). `from-hf-llama` takes a plain
 Llama checkpoint (`model.layers.{i}...`) as the backbone of the base config's HAT, the byte modules freshly
 initialised: how TFree-HAT was made.
@@ -363,13 +364,37 @@ def _run_config(base_config: str, model: dict, max_word_bytes: int):
   return config
 
 
+_CONFIG_PY = '''"""The run config of the checkpoint in this directory, written by `python -m hat_jax.convert`:
+
+  python -m hat_jax.main --config={directory}/config.py --workdir={directory} --mode=eval|sample|train
+"""
+
+import json
+import os
+
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_config.json")) as f:
+    return ml_collections.ConfigDict(json.load(f))
+'''
+
+
 def _params_only_checkpoint(workdir: str, params, config) -> None:
+  """WORKDIR/checkpoints/0 holding {step, params} (no optimizer state), plus WORKDIR/config.py and
+  run_config.json so that `python -m hat_jax.main --config=WORKDIR/config.py --workdir=WORKDIR` runs it."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from hat_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=None, async_save=False) as ckpt:
     if ckpt.latest_step() is not None:
       raise ConversionError(f"{workdir} already holds checkpoints; convert into a fresh --out directory.")
     ckpt.save(0, {"step": jnp.zeros((), jnp.int32), "params": params}, None, config)
+  with open(os.path.join(workdir, "run_config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=1))
+  with open(os.path.join(workdir, "config.py"), "w") as f:
+    f.write(_CONFIG_PY.replace("{directory}", workdir))
 
 
 def from_hf(directory: str, out: str, base_config: str, progress=print) -> None:
@@ -393,9 +418,8 @@ def from_hf(directory: str, out: str, base_config: str, progress=print) -> None:
   with open(os.path.join(out, "hf_config.json"), "w") as f:
     json.dump({**hf, "_hat_jax_dtypes": {k: reader.dtype(k) for k in reader.keys()}}, f, indent=1)
   _params_only_checkpoint(out, params, config)
-  progress(f"wrote {out}/checkpoints/0 ({len(reader.keys())} tensors) and its config; run with "
-           f"python -m hat_jax.main --config=<your config with model as in {out}/checkpoints/0/config> "
-           f"--workdir={out} --mode=eval|sample|train")
+  progress(f"wrote {out}/checkpoints/0 ({len(reader.keys())} tensors) and {out}/config.py; run with "
+           f"python -m hat_jax.main --config={out}/config.py --workdir={out} --mode=eval|sample|train")
 
 
 def to_hf(workdir: str, out: str, progress=print) -> None:

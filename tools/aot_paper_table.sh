@@ -13,6 +13,8 @@ ROWS=(
   "tfree_hat_7b|configs/tfree_hat.py:7b|v5p-128"
   "tfree_hat_llama3_8b|configs/tfree_hat.py:llama3_8b|v5p-128"
   "tfree_hat_llama3_70b|configs/tfree_hat.py:llama3_70b|v5p-512"
+  "tfree_hat_released_llama3_8b|configs/tfree_hat.py:llama3_8b,variant=released|v5p-128"
+  "tfree_hat_released_llama3_70b|configs/tfree_hat.py:llama3_70b,variant=released|v5p-512"
   "block_b4_1.2b|configs/block_transformer.py:b4_1.2b|v5e-64"
   "vanilla_410m|configs/vanilla_lm.py:vanilla_410m|v5e-64"
   "var_d16|configs/var.py:d16|v5p-64"

@@ -190,9 +190,8 @@ def _converted(tmp_path):
   workdir = str(tmp_path / "run")
   assert convert.main(["from-hf", str(tmp_path / "hf"), "--out", workdir,
                        "--base_config", "configs/hat.py:test,corpus=toy"]) == 0
-  with open(os.path.join(workdir, "checkpoints", "0", "config", "metadata")) as f:
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    config = ml_collections.ConfigDict(json.load(f))
+  from hat_jax import sweep  # pylint: disable=g-import-not-at-top
+  config = sweep.load_config(os.path.join(workdir, "config.py"))  # what `hat_jax.main --config=` loads
   return hf, weights, workdir, config
 
 
