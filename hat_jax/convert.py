@@ -24,6 +24,7 @@ Scanned stacks (`StackConfig.scan`) hold each param for all layers in one [layer
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -282,10 +283,12 @@ def _nest(flat: dict[str, Any]) -> dict:
   return tree
 
 
-def hf_to_params(read: Callable[[str], np.ndarray], hf_keys: list[str], model: dict, abstract_params,
-                 progress: Callable[[str], None] = lambda _: None) -> dict:
-  """Our params (numpy, the abstract params' dtypes) from HF tensors read one at a time by `read`.
-  Every HF key must map to a param and every param must be filled: otherwise a ConversionError naming them."""
+def param_loaders(read: Callable[[str], np.ndarray], hf_keys: list[str], model: dict, abstract_params
+                  ) -> dict[str, tuple[tuple[int, ...], Any, Callable[[], np.ndarray]]]:
+  """{our param path: (shape, dtype, load)} where load() reads the param's HF tensor(s) (all layers of a
+  scanned stack) and returns it in our layout: one param in memory at a time. Every HF key must map to a
+  param and every param must be filled: otherwise a ConversionError naming them; a tensor of the wrong
+  shape is a ConversionError naming its key when it is loaded."""
   mapping = key_map(model)
   targets = _flat_shapes(abstract_params)
   unknown = sorted(set(hf_keys) - set(mapping))
@@ -296,33 +299,39 @@ def hf_to_params(read: Callable[[str], np.ndarray], hf_keys: list[str], model: d
   unmapped = sorted(set(targets) - {path for path, _, _ in mapping.values()})
   if unmapped:
     raise ConversionError(f"No released key fills our params {unmapped[:5]} (a converter bug).")
-  import jax  # pylint: disable=g-import-not-at-top
-  out: dict[str, Any] = {}
-  layers_left = {path: int(targets[path].shape[0]) for path, index, _ in mapping.values() if index is not None}
-  for n, key in enumerate(hf_keys):
+  sources: dict[str, list[tuple[str, int | None, str]]] = {}
+  for key in hf_keys:
     path, index, kind = mapping[key]
+    sources.setdefault(path, []).append((key, index, kind))
+
+  def load(path: str) -> np.ndarray:
     target = targets[path]
-    layer_shape = tuple(target.shape[1:]) if index is not None else tuple(target.shape)
-    tensor = read(key)
-    try:
-      value = _to_ours(kind, tensor, layer_shape)
-    except ValueError:
-      value = None
-    if value is None or value.shape != layer_shape:
-      raise ConversionError(f"{key}: shape {tuple(tensor.shape)} does not fit our {path} {layer_shape} "
-                            f"(from config.json): the checkpoint and its config disagree.")
-    if index is None:
-      out[path] = jax.device_put(value.astype(target.dtype))  # complete: held once, as a jax array
-    else:  # a scanned stack's param fills layer by layer, then becomes one [layers, ...] array
-      if path not in out:
-        out[path] = np.zeros(target.shape, target.dtype)
-      out[path][index] = value
-      layers_left[path] -= 1
-      if layers_left[path] == 0:
-        out[path] = jax.device_put(out[path])
-    del tensor, value
-    progress(f"[{n + 1}/{len(hf_keys)}] {key} -> {path}")
-  return _nest(out)
+    out = None
+    for key, index, kind in sources[path]:
+      layer_shape = tuple(target.shape[1:]) if index is not None else tuple(target.shape)
+      tensor = read(key)
+      try:
+        value = _to_ours(kind, tensor, layer_shape)
+      except ValueError:
+        value = None
+      if value is None or value.shape != layer_shape:
+        raise ConversionError(f"{key}: shape {tuple(tensor.shape)} does not fit our {path} {layer_shape} "
+                              f"(from config.json): the checkpoint and its config disagree.")
+      if index is None:
+        return value.astype(target.dtype)
+      if out is None:
+        out = np.empty(target.shape, target.dtype)
+      out[index] = value
+    return out
+
+  return {path: (tuple(targets[path].shape), targets[path].dtype, functools.partial(load, path))
+          for path in sorted(sources)}
+
+
+def hf_to_params(read: Callable[[str], np.ndarray], hf_keys: list[str], model: dict, abstract_params) -> dict:
+  """Our params (numpy, the abstract params' dtypes) from HF tensors, all in memory (tests, small models;
+  `from_hf` writes them one at a time instead)."""
+  return _nest({path: load() for path, (_, _, load) in param_loaders(read, hf_keys, model, abstract_params).items()})
 
 
 def params_to_hf(params, model: dict, hf_dtypes: dict[str, str] | None = None
@@ -345,12 +354,13 @@ def params_to_hf(params, model: dict, hf_dtypes: dict[str, str] | None = None
 # --- commands ---------------------------------------------------------------------------------------------
 
 
-def _run_config(base_config: str, model: dict, max_word_bytes: int):
-  """The base config (mesh, training, data) with the released model in `config.model`, run the way the base
-  config runs its stacks (scan / remat) and computes (attention_impl, dtype)."""
+def _run_config(base_config: str, model: dict, max_word_bytes: int, overrides: dict[str, str] | None = None):
+  """The base config (mesh, training, data; `overrides` applied, e.g. {"model.backbone.scan": "false"})
+  with the released model in `config.model`, run the way the base config runs its stacks (scan / remat)
+  and computes (attention_impl, dtype)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from hat_jax import sweep  # pylint: disable=g-import-not-at-top
-  config = sweep.load_config(base_config)
+  config = sweep.apply_overrides(sweep.load_config(base_config), overrides or {}, from_text=True)
   if config.task != "hat":
     raise ConversionError(f"--base_config={base_config} is a {config.task!r} config; a HAT config is needed.")
   base = config.model
@@ -382,7 +392,14 @@ def get_config(arg=None):
 '''
 
 
-def _params_only_checkpoint(workdir: str, params, config) -> None:
+def _check_fresh(workdir: str) -> None:
+  """Refuse before writing anything: converting into a run directory would mix two runs."""
+  ckpts = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts)):
+    raise ConversionError(f"{workdir} already holds checkpoints; convert into a fresh --out directory.")
+
+
+def _params_only_checkpoint(workdir: str, params, config, fingerprints=None) -> None:
   """WORKDIR/checkpoints/0 holding {step, params} (no optimizer state), plus WORKDIR/config.py and
   run_config.json so that `python -m hat_jax.main --config=WORKDIR/config.py --workdir=WORKDIR` runs it."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -390,21 +407,23 @@ def _params_only_checkpoint(workdir: str, params, config) -> None:
   with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=None, async_save=False) as ckpt:
     if ckpt.latest_step() is not None:
       raise ConversionError(f"{workdir} already holds checkpoints; convert into a fresh --out directory.")
-    ckpt.save(0, {"step": jnp.zeros((), jnp.int32), "params": params}, None, config)
+    ckpt.save(0, {"step": jnp.zeros((), jnp.int32), "params": params}, None, config, fingerprints=fingerprints)
   with open(os.path.join(workdir, "run_config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=1))
   with open(os.path.join(workdir, "config.py"), "w") as f:
     f.write(_CONFIG_PY.replace("{directory}", workdir))
 
 
-def from_hf(directory: str, out: str, base_config: str, progress=print) -> None:
+def from_hf(directory: str, out: str, base_config: str, progress=print, overrides: dict[str, str] | None = None
+            ) -> None:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from hat_jax.train import registry  # pylint: disable=g-import-not-at-top
+  _check_fresh(out)
   with open(os.path.join(directory, "config.json")) as f:
     hf = json.load(f)
   model, max_word_bytes = model_config_from_hf(hf)
-  config = _run_config(base_config, model, max_word_bytes)
+  config = _run_config(base_config, model, max_word_bytes, overrides)
   # The released splitter cuts each special token (e.g. "<|eot_id|>" -> 192) out as a one-byte word first.
   config.data.special_tokens = {str(k): int(v) for k, v in hf.get("special_token_dict", {}).items()}
   model = config.model.to_dict()  # with the base config's scan settings: scanned stacks stack the layers
@@ -413,11 +432,19 @@ def from_hf(directory: str, out: str, base_config: str, progress=print) -> None:
   param_dtype = np.dtype(config.train.param_dtype) if config.train.param_dtype != "bfloat16" else jax.numpy.bfloat16
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, param_dtype), abstract)
   reader = SafetensorsReader(directory)
-  params = {"params": hf_to_params(reader.get, reader.keys(), model, abstract["params"], progress)}
+  loaders = param_loaders(reader.get, reader.keys(), model, abstract["params"])
+  # Two passes, one param in memory at a time: fingerprint each (and check its shape), then write each.
+  from hat_jax.train import checkpoint as ckpt_lib, integrity  # pylint: disable=g-import-not-at-top
+  fingerprints = integrity.fingerprint_tree({"step": np.zeros((), np.int32)})
+  for n, (path, (_, _, load)) in enumerate(loaders.items()):
+    fingerprints.update(integrity.fingerprint_tree(_nest({f"params/params/{path}": load()})))
+    progress(f"[{n + 1}/{len(loaders)}] checked {path}")
+  params = {"params": _nest({path: ckpt_lib.LazyArray(shape, dtype, load)
+                             for path, (shape, dtype, load) in loaders.items()})}
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "hf_config.json"), "w") as f:
     json.dump({**hf, "_hat_jax_dtypes": {k: reader.dtype(k) for k in reader.keys()}}, f, indent=1)
-  _params_only_checkpoint(out, params, config)
+  _params_only_checkpoint(out, params, config, fingerprints)
   progress(f"wrote {out}/checkpoints/0 ({len(reader.keys())} tensors) and {out}/config.py; run with "
            f"python -m hat_jax.main --config={out}/config.py --workdir={out} --mode=eval|sample|train")
 
@@ -461,6 +488,7 @@ def from_hf_llama(directory: str, out: str, base_config: str, progress=print) ->
   import ml_collections  # pylint: disable=g-import-not-at-top
   from hat_jax import sweep  # pylint: disable=g-import-not-at-top
   from hat_jax.train import registry  # pylint: disable=g-import-not-at-top
+  _check_fresh(out)
   with open(os.path.join(directory, "config.json")) as f:
     hf = json.load(f)
   config = sweep.load_config(base_config)
@@ -510,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("directory")
   p.add_argument("--out", required=True)
   p.add_argument("--base_config", default="configs/hat.py:tiny")
+  p.add_argument("--override", action="append", default=[],
+                 help="KEY=VALUE on the base config, e.g. model.backbone.scan=false (repeatable)")
   p = sub.add_parser("to-hf", help="WORKDIR converted from a released model -> HF directory")
   p.add_argument("workdir")
   p.add_argument("--out", required=True)
@@ -521,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
   from hat_jax.train.checkpoint import CheckpointCorruptError  # pylint: disable=g-import-not-at-top
   try:
     if args.command == "from-hf":
-      from_hf(args.directory, args.out, args.base_config)
+      from hat_jax import sweep  # pylint: disable=g-import-not-at-top
+      from_hf(args.directory, args.out, args.base_config, overrides=sweep.parse_overrides(args.override))
     elif args.command == "from-hf-llama":
       from_hf_llama(args.directory, args.out, args.base_config)
     else:

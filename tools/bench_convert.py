@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -82,17 +81,21 @@ def main() -> None:
   parser.add_argument("--kv_heads", type=int, default=8)
   parser.add_argument("--backbone_mlp", type=int, default=8192)
   parser.add_argument("--base_config", default="configs/tfree_hat.py:7b")
+  parser.add_argument("--override", action="append", default=[], help="passed to from-hf, e.g. model.backbone.scan=false")
   args = parser.parse_args()
   src, out = os.path.join(args.dir, "hf"), os.path.join(args.dir, "converted")
   start = time.perf_counter()
   size = write_random(src, released_config(args))
   print(f"wrote {size / 2**30:.2f} GiB of random bf16 tensors in {time.perf_counter() - start:.0f} s")
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-m", "hat_jax.convert", "from-hf", src, "--out", out,
-                         "--base_config", args.base_config], cwd=_ROOT, stdout=subprocess.DEVNULL)
+  child = subprocess.Popen([sys.executable, "-m", "hat_jax.convert", "from-hf", src, "--out", out,
+                            "--base_config", args.base_config, *[f"--override={o}" for o in args.override]],
+                           cwd=_ROOT, stdout=subprocess.DEVNULL)
+  _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (not the max over all children)
+  returncode = os.waitstatus_to_exitcode(status)
   wall = time.perf_counter() - start
-  peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB
-  print(f"from-hf exit {proc.returncode}: wall {wall:.0f} s, peak RSS {peak / 2**30:.2f} GiB = "
+  peak = usage.ru_maxrss * 1024  # Linux: KiB
+  print(f"from-hf exit {returncode}: wall {wall:.0f} s, peak RSS {peak / 2**30:.2f} GiB = "
         f"{peak / size:.2f} x the checkpoint ({size / 2**30:.2f} GiB)")
 
 

@@ -101,6 +101,42 @@ class DataStateRestore(ocp.args.CheckpointArgs):
   pass
 
 
+@dataclasses.dataclass(frozen=True)
+class LazyArray:
+  """A host array that `Checkpointer.save` writes without the tree ever holding it: `load()` makes it when
+  its turn comes, and it is dropped once written, so a converted checkpoint (hat_jax.convert) is written
+  one array at a time. Restores as an ordinary array. Needs precomputed fingerprints (`save(fingerprints=)`)."""
+
+  shape: tuple[int, ...]
+  dtype: Any
+  load: Any  # () -> np.ndarray of `shape` and `dtype`
+
+  @property
+  def size(self) -> int:
+    import math  # pylint: disable=g-import-not-at-top
+    return math.prod(self.shape)
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+
+class _LazyArrayHandler(ocp.type_handlers.NumpyHandler):
+  """Writes `LazyArray`s one after another (each loaded, written, dropped); stored as numpy arrays."""
+
+  def __init__(self):
+    super().__init__(deepcopy_host_arrays=False)
+
+  async def _background_serialize(self, values, infos, args=None):
+    for value, info, arg in zip(values, infos, args):
+      array = value.load()
+      if tuple(array.shape) != tuple(value.shape) or array.dtype != value.dtype:
+        raise ValueError(f"LazyArray {info.name}: load() gave {array.shape} {array.dtype}, declared "
+                         f"{value.shape} {value.dtype}.")
+      await super()._background_serialize([array], [info], [arg])
+      del array
+
+
 # Replicated arrays are written cooperatively by their replicas ("replica-parallel"), which slices
 # each array per device with a compiled op per shape and device. Worth it for big arrays, pure
 # overhead (seconds of compiles on the first save) for small ones: only split slices above this size.
@@ -112,7 +148,7 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
   th = ocp.type_handlers
   registry = th.create_type_handler_registry(
       (int, th.ScalarHandler()), (float, th.ScalarHandler()), (bytes, th.ScalarHandler()),
-      (np.number, th.ScalarHandler()), (np.ndarray, th.NumpyHandler()),
+      (np.number, th.ScalarHandler()), (np.ndarray, th.NumpyHandler()), (LazyArray, _LazyArrayHandler()),
       (jax.Array, th.ArrayHandler(min_slice_bytes_for_replica_parallel=_MIN_REPLICA_SLICE_BYTES)))
   return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
@@ -156,14 +192,15 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_state: dict | None, config: Any = None) -> bool:
+  def save(self, step: int, state: Any, data_state: dict | None, config: Any = None,
+           fingerprints: dict[str, list[int]] | None = None) -> bool:
     """Save (asynchronously when enabled); arrays are copied off-device before this returns, so the
     caller may donate `state` to the next step right away. The fingerprints are computed first, on the
     arrays' devices. An error of an earlier asynchronous save surfaces here or in `wait`, as
     CheckpointSaveError."""
     items = {"state": ocp.args.PyTreeSave(state),
              "integrity": ocp.args.JsonSave({"algorithm": integrity.ALGORITHM,
-                                              "state": integrity.fingerprint_tree(state)})}
+                                              "state": fingerprints or integrity.fingerprint_tree(state)})}
     if data_state is not None:
       items["data"] = DataStateSave(data_state)
     if config is not None:

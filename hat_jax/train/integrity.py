@@ -50,13 +50,16 @@ def _words(x: jax.Array) -> jax.Array:
   raise TypeError(f"Cannot fingerprint an array of dtype {x.dtype}.")
 
 
-def _fingerprint(x: jax.Array) -> jax.Array:
-  """[2] uint32 for one array; elementwise + sum only, so it stays sharded until the final reduction."""
+def _fingerprint(x: jax.Array, offset=np.uint32(0)) -> jax.Array:
+  """[2] uint32 for one array; elementwise + sum only, so it stays sharded until the final reduction.
+  `offset`: the linear index of x's first word in a larger array it is a leading-axis slice of."""
   w = _words(x)
   # The linear index from per-axis iotas (no reshape: flattening a sharded array would move data).
-  index = jnp.zeros(w.shape, jnp.uint32)
+  index = jnp.full(w.shape, offset, jnp.uint32) if w.ndim == 0 else jnp.zeros(w.shape, jnp.uint32)
   for axis, size in enumerate(w.shape):
     index = index * np.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
+  if w.ndim:
+    index = index + offset
   terms_a = w * (index * np.uint32(2) + np.uint32(1))
   mixed = w * _GOLDEN + index
   shift = index % np.uint32(31) + np.uint32(1)
@@ -76,6 +79,23 @@ def fingerprint_leaves(leaves: list) -> list:
 
 
 _fingerprint_one = jax.jit(_fingerprint)
+_HOST_CHUNK_BYTES = 64 << 20
+
+
+def _fingerprint_host(x: np.ndarray) -> np.ndarray:
+  """The fingerprint of a host array, computed over leading-axis chunks of at most 64 MiB (each moved to
+  the device alone), so a large host array is never copied whole. Exact: both sums are additive over
+  chunks once each chunk's words carry their global index."""
+  x = np.asarray(x)
+  if x.ndim == 0 or x.nbytes <= _HOST_CHUNK_BYTES:
+    return np.asarray(jax.device_get(_fingerprint_one(jnp.asarray(x))))
+  rows = max(1, _HOST_CHUNK_BYTES // max(1, x[0].nbytes))
+  per_row = int(np.prod(x.shape[1:])) * (2 if x.dtype.itemsize == 8 else 1)  # uint32 words per row
+  total = np.zeros(2, np.uint32)
+  for start in range(0, x.shape[0], rows):
+    part = jax.device_get(_fingerprint_one(jnp.asarray(x[start:start + rows]), np.uint32((start * per_row) % 2**32)))
+    total = total + np.asarray(part, np.uint32)  # uint32 wraparound, as on device
+  return total
 
 
 def fingerprint_tree(tree: Any) -> dict[str, list[int]]:
@@ -90,7 +110,8 @@ def fingerprint_tree(tree: Any) -> dict[str, list[int]]:
   if all(isinstance(x, jax.Array) for x in leaves):
     values = jax.device_get(fingerprint_leaves(leaves))
   else:
-    values = [jax.device_get(_fingerprint_one(jnp.asarray(x))) for x in leaves]
+    values = [jax.device_get(_fingerprint_one(x)) if isinstance(x, jax.Array) else _fingerprint_host(x)
+              for x in leaves]
   return {path: [int(v) for v in np.asarray(value)] for path, value in zip(paths, values)}
 
 

@@ -209,7 +209,9 @@ def test_from_hf_then_to_hf_cli_is_bit_exact(tmp_path):
       back = f.get_tensor(key)
     assert back.dtype == value.dtype and back.tobytes() == value.tobytes(), key
   assert json.loads(open(os.path.join(out, "config.json")).read()) == hf
+  hf_config = open(os.path.join(workdir, "hf_config.json")).read()
   assert convert.main(["from-hf", str(tmp_path / "hf"), "--out", workdir]) == 1  # never over an existing run
+  assert open(os.path.join(workdir, "hf_config.json")).read() == hf_config  # refused before writing anything
   # A converted checkpoint is fingerprinted like any other: damage is refused, not written back out.
   integrity_file = os.path.join(workdir, "checkpoints", "0", "integrity", "metadata")
   stored = json.loads(open(integrity_file).read())

@@ -74,3 +74,11 @@ def test_json_checksum_ignores_key_order_only():
 def test_unsupported_dtype_is_a_clear_error():
   with pytest.raises(TypeError, match="Cannot fingerprint an array of dtype complex64"):
     integrity.fingerprint_tree(jnp.zeros(2, jnp.complex64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, np.int8])
+def test_large_host_arrays_are_fingerprinted_in_chunks_with_the_same_result(monkeypatch, dtype):
+  x = np.asarray(_array(dtype, (37, 5, 3), seed=2))
+  on_device = integrity.fingerprint_tree({"x": jnp.asarray(x)})
+  monkeypatch.setattr(integrity, "_HOST_CHUNK_BYTES", 40)  # a few rows per chunk, last chunk partial
+  assert integrity.fingerprint_tree({"x": x}) == on_device
