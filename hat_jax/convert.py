@@ -35,8 +35,8 @@ import numpy as np
 
 LLAMA_LAYER = {  # HF Llama layer key suffix -> (our path inside a Block, kind)
     "self_attn.q_proj.weight": ("attn/q_proj/kernel", "in_heads"),
-    "self_attn.k_proj.weight": ("attn/k_proj/kernel", "in_kv_heads"),
-    "self_attn.v_proj.weight": ("attn/v_proj/kernel", "in_kv_heads"),
+    "self_attn.k_proj.weight": ("attn/k_proj/kernel", "in_heads"),
+    "self_attn.v_proj.weight": ("attn/v_proj/kernel", "in_heads"),
     "self_attn.o_proj.weight": ("attn/o_proj/kernel", "heads_out"),
     "mlp.gate_proj.weight": ("mlp/gate/kernel", "transpose"),
     "mlp.up_proj.weight": ("mlp/up/kernel", "transpose"),
@@ -122,13 +122,16 @@ def model_config_from_hf(hf: dict) -> tuple[dict, int]:
 # --- the key map ------------------------------------------------------------------------------------------
 
 
+# How a torch-layout tensor maps onto ours (see the module docstring): "same"; "vector" ([1, 1, D] <-> [D]);
+# "in_heads" ([heads*hd, in] <-> [in, heads, hd], q/k/v projections); "heads_out" ([out, heads*hd] <->
+# [heads, hd, out], o projections); "transpose" ([out, in] <-> [in, out]).
+
+
 def _to_ours(kind: str, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   """A torch-layout tensor -> our layout of `shape` (the layer's, without a scan axis)."""
-  if kind == "same":
+  if kind in ("same", "vector"):
     return x.reshape(shape)
-  if kind in ("in_heads", "in_kv_heads"):  # [heads*hd, in] -> [in, heads, hd]
-    return x.T.reshape(shape)
-  if kind == "heads_out":  # [out, heads*hd] -> [heads, hd, out]
+  if kind in ("in_heads", "heads_out"):
     return x.T.reshape(shape)
   if kind == "transpose":
     return x.T
@@ -138,46 +141,51 @@ def _to_ours(kind: str, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _to_hf(kind: str, x: np.ndarray) -> np.ndarray:
   if kind == "same":
     return x
-  if kind in ("in_heads", "in_kv_heads"):  # [in, heads, hd] -> [heads*hd, in]
+  if kind == "vector":
+    return x.reshape(1, 1, -1)
+  if kind == "in_heads":
     return x.reshape(x.shape[0], -1).T
-  if kind == "heads_out":  # [heads, hd, out] -> [out, heads*hd]
+  if kind == "heads_out":
     return x.reshape(-1, x.shape[-1]).T
   if kind == "transpose":
     return x.T
   raise AssertionError(kind)
 
 
+def _llama_keys(hf_prefix: str, stack: str, index: int, scanned: bool, inner: str = ""
+                ) -> dict[str, tuple[str, int | None, str]]:
+  """The key map of one Llama layer `hf_prefix.*` -> our `stack`'s layer `index` (scanned: its slice of
+  `stack/layers/...`), `inner` being where the Block sits inside our layer."""
+  base = f"{stack}/layers/{inner}" if scanned else f"{stack}/layer_{index}/{inner}"
+  return {f"{hf_prefix}.{suffix}": (base + path, index if scanned else None, kind)
+          for suffix, (path, kind) in LLAMA_LAYER.items()}
+
+
 def key_map(model: dict) -> dict[str, tuple[str, int | None, str]]:
   """HF key -> (our param path "a/b/c", layer index inside a scanned stack or None, kind)."""
   out: dict[str, tuple[str, int | None, str]] = {}
-
-  def llama(hf_prefix: str, stack: str, cfg: dict, index: int, inner: str = "") -> None:
-    scanned = bool(cfg.get("scan", False))
-    base = f"{stack}/layers/{inner}" if scanned else f"{stack}/layer_{index}/{inner}"
-    for suffix, (path, kind) in LLAMA_LAYER.items():
-      out[f"{hf_prefix}.{suffix}"] = (base + path, index if scanned else None, kind)
-
   out["encoder.embedding_layer.weight"] = ("byte_embed/embedding", None, "same")
   for i in range(model["encoder"]["num_layers"]):
-    llama(f"encoder.layers.{i}", "encoder", model["encoder"], i)
+    out.update(_llama_keys(f"encoder.layers.{i}", "encoder", i, bool(model["encoder"].get("scan", False))))
   conn = "encoder_connector.cross_attention_encoder_connector"
-  out["encoder_connector.latent_query"] = ("pool/latent_query", None, "same")
-  for proj, kind in (("q", "in_heads"), ("k", "in_kv_heads"), ("v", "in_kv_heads"), ("o", "heads_out")):
+  out["encoder_connector.latent_query"] = ("pool/latent_query", None, "vector")
+  for proj, kind in (("q", "in_heads"), ("k", "in_heads"), ("v", "in_heads"), ("o", "heads_out")):
     out[f"{conn}.{proj}_proj.weight"] = (f"pool/{proj}_proj/kernel", None, kind)
   if model["pool_qk_norm"] != "none":
     out[f"{conn}.norm_query.weight"] = ("pool/norm_query/scale", None, "same")
     out[f"{conn}.norm_key.weight"] = ("pool/norm_key/scale", None, "same")
   for i in range(model["backbone"]["num_layers"]):
-    llama(f"backbone.layers.{i}", "backbone_stack", model["backbone"], i)
-  out["decoder_connector.first_word_embedding"] = ("first_word_embedding", None, "same")
+    out.update(_llama_keys(f"backbone.layers.{i}", "backbone_stack", i, bool(model["backbone"].get("scan", False))))
+  out["decoder_connector.first_word_embedding"] = ("first_word_embedding", None, "vector")
   for i in range(model["decoder"]["num_layers"]):
     layer = "decoder/layer_0" if i == 0 else f"decoder_rest/layer_{i - 1}"
     hf = f"decoder.decoder_layers.{i}"
-    llama(f"{hf}.llama_layer", "decoder" if i == 0 else "decoder_rest", {}, 0 if i == 0 else i - 1, "block/")
+    out.update(_llama_keys(f"{hf}.llama_layer", "decoder" if i == 0 else "decoder_rest", 0 if i == 0 else i - 1,
+                           False, "block/"))  # the released decoder is never scanned (hat.py)
     out[f"{hf}.query_norm.weight"] = (f"{layer}/query_norm", None, "same")
     out[f"{hf}.kv_norm.weight"] = (f"{layer}/kv_norm/scale", None, "same")
     if i == 0 or model["guide_every_layer"]:
-      for proj, kind in (("q", "in_heads"), ("k", "in_kv_heads"), ("v", "in_kv_heads"), ("o", "heads_out")):
+      for proj, kind in (("q", "in_heads"), ("k", "in_heads"), ("v", "in_heads"), ("o", "heads_out")):
         out[f"{hf}.cross_attention.{proj}_proj.weight"] = (f"{layer}/cross/{proj}_proj", None, kind)
       if model["guide_qk_norm"] != "none":
         for norm in ("norm_query", "norm_key"):
@@ -283,26 +291,28 @@ def _nest(flat: dict[str, Any]) -> dict:
   return tree
 
 
-def param_loaders(read: Callable[[str], np.ndarray], hf_keys: list[str], model: dict, abstract_params
+def param_loaders(read: Callable[[str], np.ndarray], hf_keys: list[str], mapping: dict, abstract_params, *,
+                  ignored: tuple[str, ...] = (), fills_all: bool = True
                   ) -> dict[str, tuple[tuple[int, ...], Any, Callable[[], np.ndarray]]]:
   """{our param path: (shape, dtype, load)} where load() reads the param's HF tensor(s) (all layers of a
-  scanned stack) and returns it in our layout: one param in memory at a time. Every HF key must map to a
-  param and every param must be filled: otherwise a ConversionError naming them; a tensor of the wrong
-  shape is a ConversionError naming its key when it is loaded."""
-  mapping = key_map(model)
+  scanned stack) and returns it in our layout: one param in memory at a time. `mapping` is HF key ->
+  (path, scan index, kind) (`key_map`). Every HF key but the `ignored` ones must be mapped and every
+  mapped key present; with `fills_all`, every param must be filled too. Otherwise a ConversionError
+  naming them; a tensor of the wrong shape is a ConversionError naming its key when it is loaded."""
   targets = _flat_shapes(abstract_params)
-  unknown = sorted(set(hf_keys) - set(mapping))
+  unknown = sorted(set(hf_keys) - set(mapping) - set(ignored))
   missing = sorted(set(mapping) - set(hf_keys))
   if unknown or missing:
     raise ConversionError(f"The checkpoint does not match its config.json: {len(unknown)} unknown keys "
                           f"{unknown[:5]}, {len(missing)} missing keys {missing[:5]}.")
   unmapped = sorted(set(targets) - {path for path, _, _ in mapping.values()})
-  if unmapped:
+  if fills_all and unmapped:
     raise ConversionError(f"No released key fills our params {unmapped[:5]} (a converter bug).")
   sources: dict[str, list[tuple[str, int | None, str]]] = {}
   for key in hf_keys:
-    path, index, kind = mapping[key]
-    sources.setdefault(path, []).append((key, index, kind))
+    if key in mapping:
+      path, index, kind = mapping[key]
+      sources.setdefault(path, []).append((key, index, kind))
 
   def load(path: str) -> np.ndarray:
     target = targets[path]
@@ -331,7 +341,8 @@ def param_loaders(read: Callable[[str], np.ndarray], hf_keys: list[str], model: 
 def hf_to_params(read: Callable[[str], np.ndarray], hf_keys: list[str], model: dict, abstract_params) -> dict:
   """Our params (numpy, the abstract params' dtypes) from HF tensors, all in memory (tests, small models;
   `from_hf` writes them one at a time instead)."""
-  return _nest({path: load() for path, (_, _, load) in param_loaders(read, hf_keys, model, abstract_params).items()})
+  loaders = param_loaders(read, hf_keys, key_map(model), abstract_params)
+  return _nest({path: load() for path, (_, _, load) in loaders.items()})
 
 
 def params_to_hf(params, model: dict, hf_dtypes: dict[str, str] | None = None
@@ -343,8 +354,6 @@ def params_to_hf(params, model: dict, hf_dtypes: dict[str, str] | None = None
     value = np.asarray(flat[path])
     value = value[index] if index is not None else value
     array = _to_hf(kind, value)
-    if key in ("encoder_connector.latent_query", "decoder_connector.first_word_embedding"):
-      array = array.reshape(1, 1, -1)
     dtype = (hf_dtypes or {}).get(key)
     if dtype is not None:
       array = array.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype))
@@ -400,13 +409,11 @@ def _check_fresh(workdir: str) -> None:
 
 
 def _params_only_checkpoint(workdir: str, params, config, fingerprints=None) -> None:
-  """WORKDIR/checkpoints/0 holding {step, params} (no optimizer state), plus WORKDIR/config.py and
+  """(After `_check_fresh`.) WORKDIR/checkpoints/0 holding {step, params} (no optimizer state), plus WORKDIR/config.py and
   run_config.json so that `python -m hat_jax.main --config=WORKDIR/config.py --workdir=WORKDIR` runs it."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from hat_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   with ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=None, async_save=False) as ckpt:
-    if ckpt.latest_step() is not None:
-      raise ConversionError(f"{workdir} already holds checkpoints; convert into a fresh --out directory.")
     ckpt.save(0, {"step": jnp.zeros((), jnp.int32), "params": params}, None, config, fingerprints=fingerprints)
   with open(os.path.join(workdir, "run_config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=1))
@@ -432,7 +439,7 @@ def from_hf(directory: str, out: str, base_config: str, progress=print, override
   param_dtype = np.dtype(config.train.param_dtype) if config.train.param_dtype != "bfloat16" else jax.numpy.bfloat16
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, param_dtype), abstract)
   reader = SafetensorsReader(directory)
-  loaders = param_loaders(reader.get, reader.keys(), model, abstract["params"])
+  loaders = param_loaders(reader.get, reader.keys(), key_map(model), abstract["params"])
   # Two passes, one param in memory at a time: fingerprint each (and check its shape), then write each.
   from hat_jax.train import checkpoint as ckpt_lib, integrity  # pylint: disable=g-import-not-at-top
   fingerprints = integrity.fingerprint_tree({"step": np.zeros((), np.int32)})
@@ -462,7 +469,7 @@ def to_hf(workdir: str, out: str, progress=print) -> None:
     task = registry.make_task(config)
     abstract = nn.unbox(jax.eval_shape(task.init_params, jax.random.key(0)))
     step, params = ckpt.restore_params(abstract)
-  model = json.loads(config.model.to_json()) if hasattr(config.model, "to_json") else dict(config.model)
+  model = config.model.to_dict()
   write_safetensors(out, params_to_hf(params["params"], model, dtypes))
   with open(os.path.join(out, "config.json"), "w") as f:
     json.dump(hf, f, indent=2)
@@ -498,33 +505,18 @@ def from_hf_llama(directory: str, out: str, base_config: str, progress=print) ->
   config.model.backbone = ml_collections.ConfigDict(llama_backbone_from_hf(hf, config.model.backbone.to_dict()))
   task = registry.make_task(config)
   dtype = jax.numpy.bfloat16 if config.train.param_dtype == "bfloat16" else np.dtype(config.train.param_dtype)
-  params = jax.tree.map(lambda x: np.array(x, dtype=dtype),  # writable host copies, filled below
-                        nn.unbox(task.init_params(jax.random.key(int(config.seed)))))
+  params = jax.tree.map(lambda x: np.asarray(x, dtype=dtype), nn.unbox(task.init_params(jax.random.key(int(config.seed)))))
   reader = SafetensorsReader(directory)
   backbone = config.model.backbone
-  scanned = bool(backbone.get("scan", False))
   mapping = {}
   for i in range(int(backbone.num_layers)):
-    for suffix, (path, kind) in LLAMA_LAYER.items():
-      mapping[f"model.layers.{i}.{suffix}"] = (
-          f"backbone_stack/{'layers' if scanned else f'layer_{i}'}/{path}", i if scanned else None, kind)
-  unknown = sorted(set(reader.keys()) - set(mapping) - set(LLAMA_DROPPED))
-  missing = sorted(set(mapping) - set(reader.keys()))
-  if unknown or missing:
-    raise ConversionError(f"The Llama checkpoint does not match its config.json: {len(unknown)} unknown keys "
-                          f"{unknown[:5]}, {len(missing)} missing keys {missing[:5]}.")
+    mapping.update(_llama_keys(f"model.layers.{i}", "backbone_stack", i, bool(backbone.get("scan", False))))
+  loaders = param_loaders(reader.get, reader.keys(), mapping, params["params"], ignored=LLAMA_DROPPED,
+                          fills_all=False)  # the byte modules keep their initialisation
   flat = _flat_shapes(params["params"])
-  for n, (key, (path, index, kind)) in enumerate(sorted(mapping.items())):
-    target = flat[path]
-    shape = target.shape[1:] if index is not None else target.shape
-    value = _to_ours(kind, reader.get(key), shape)
-    if value.shape != tuple(shape):
-      raise ConversionError(f"{key}: shape {value.shape} does not fit our {path} {tuple(shape)}.")
-    if index is None:
-      flat[path] = value.astype(target.dtype)
-    else:
-      flat[path][index] = value.astype(target.dtype)
-    progress(f"[{n + 1}/{len(mapping)}] {key} -> {path}")
+  for n, (path, (_, _, load)) in enumerate(loaders.items()):
+    flat[path] = load()
+    progress(f"[{n + 1}/{len(loaders)}] {path}")
   _params_only_checkpoint(out, {"params": _nest(flat)}, config)
   progress(f"wrote {out}/checkpoints/0: the Llama blocks as the backbone, byte modules initialised (seed "
            f"{config.seed}); dropped {[k for k in LLAMA_DROPPED if k in reader.keys()]}")

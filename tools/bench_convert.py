@@ -46,10 +46,9 @@ def released_config(args) -> dict:
 def write_random(directory: str, config: dict, shard_bytes: int = 2 << 30) -> int:
   import ml_dtypes  # pylint: disable=g-import-not-at-top
   from hat_jax import convert  # pylint: disable=g-import-not-at-top
-  from hat_jax.models.hat import HATConfig  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from hat_jax.models.hat import HAT  # pylint: disable=g-import-not-at-top
+  from hat_jax.models.hat import HAT, HATConfig  # pylint: disable=g-import-not-at-top
   model, max_word = convert.model_config_from_hf(config)
   cfg = HATConfig.from_config(model, max_word)
   one = {k: jax.numpy.zeros((1, 4), jax.numpy.int32) for k in ("bytes", "positions", "segment_ids", "word_ids")}
@@ -63,10 +62,7 @@ def write_random(directory: str, config: dict, shard_bytes: int = 2 << 30) -> in
     for key, (path, index, kind) in sorted(convert.key_map(model).items()):
       shape = flat[path].shape[1:] if index is not None else flat[path].shape
       ours = (rng.random(shape, np.float32) - 0.5).astype(ml_dtypes.bfloat16)
-      array = convert._to_hf(kind, ours)  # pylint: disable=protected-access
-      if key in ("encoder_connector.latent_query", "decoder_connector.first_word_embedding"):
-        array = array.reshape(1, 1, -1)
-      yield key, array
+      yield key, convert._to_hf(kind, ours)  # pylint: disable=protected-access
   convert.write_safetensors(directory, tensors(), shard_bytes=shard_bytes)
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(config, f)

@@ -238,8 +238,10 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
-    self._check_params_match(step, abstract_state, config)
-    if isinstance(abstract_state, dict) and "opt_state" in abstract_state and self._params_only(step):
+    stored_tree = self._stored_state_tree(step)
+    self._check_params_match(step, abstract_state, stored_tree, config)
+    if (isinstance(abstract_state, dict) and "opt_state" in abstract_state and isinstance(stored_tree, dict)
+        and "params" in stored_tree and "opt_state" not in stored_tree):
       # A converted checkpoint (hat_jax.convert) holds step and params only: the caller starts a fresh
       # optimizer state (the returned state has no "opt_state").
       abstract_state = {k: v for k, v in abstract_state.items() if k != "opt_state"}
@@ -267,7 +269,7 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
     target = {"params": abstract_params}
-    self._check_params_match(step, target)
+    self._check_params_match(step, target, self._stored_state_tree(step))
     restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
     # partial_restore: read the `params` subtree of the stored state and skip step and opt_state.
     restored = self._read(step, {"state": ocp.args.PyTreeRestore(
@@ -276,12 +278,13 @@ class Checkpointer:
     self._verify(step, restored, {"state": {"params": params}})
     return step, params
 
-  def _params_only(self, step: int) -> bool:
+  def _stored_state_tree(self, step: int):
+    """The stored `state` item's tree of array metadata, or None when it cannot be read (the restore
+    itself then says why)."""
     try:
-      tree = self._manager.item_metadata(step)["state"].tree
-    except Exception:  # pylint: disable=broad-except  # unreadable metadata: the read itself will say so
-      return False
-    return isinstance(tree, dict) and "params" in tree and "opt_state" not in tree
+      return self._manager.item_metadata(step)["state"].tree
+    except Exception:  # pylint: disable=broad-except
+      return None
 
   def _read(self, step: int, items: dict) -> dict:
     """manager.restore plus the integrity item; any read failure becomes CheckpointCorruptError."""
@@ -310,18 +313,15 @@ class Checkpointer:
           f"arrays differ from their fingerprints ({'; '.join(wrong[:3])}). Its files changed on disk "
           f"after the save (bit rot, a partial copy, or two writers)")
 
-  def _check_params_match(self, step: int, abstract_state: Any, config: Any = None) -> None:
+  def _check_params_match(self, step: int, abstract_state: Any, stored_tree: Any, config: Any = None) -> None:
     """The stored params must have the target's paths and shapes. Scanned and unscanned stacks
     (`StackConfig.scan`) name their params differently (`.../layers/...` with a leading layer axis vs
     `.../layer_0/...`): restoring one into the other must stop with the fix, not load the wrong layout.
-    Any other difference names the config fields that differ from the checkpoint's own config."""
+    Any other difference names the config fields that differ from the checkpoint's own config.
+    `stored_tree`: `_stored_state_tree(step)`, read once by the caller."""
     if not isinstance(abstract_state, dict) or "params" not in abstract_state:
       return
-    try:
-      stored_tree = self._manager.item_metadata(step)["state"].tree
-    except Exception:  # pylint: disable=broad-except  # unreadable metadata: the read itself will say so
-      return
-    if not isinstance(stored_tree, dict) or "params" not in stored_tree:
+    if not isinstance(stored_tree, dict) or "params" not in stored_tree:  # unreadable: the read will say so
       return
     stored, target = _param_shapes(stored_tree["params"]), _param_shapes(abstract_state["params"])
     if stored == target:

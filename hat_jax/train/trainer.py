@@ -252,9 +252,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, devices=None
   iterator = run.task.train_iterator(int(config.seed), jax.process_index(), jax.process_count())
   with _hold_workdir(config, workdir) as lock, \
       ckpt_lib.Checkpointer(ckpt_dir, keep=int(config.train.keep_checkpoints)) as ckpt:
-    restored = ckpt.restore_newest_verified(
-        run.abstract_target(), on_bad=str(config.train.on_bad_checkpoint), config=config,
-        quarantine=os.path.join(workdir, "checkpoints_quarantine"))
+    restored = _restore_verified(ckpt, run, workdir)
     if restored is not None:
       step, state, data_state = restored
       step = int(step)
@@ -280,6 +278,13 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, devices=None
         return _loop(run, state, step, end, iterator, ckpt, writer, lock)
     finally:
       writer.close()
+
+
+def _restore_verified(ckpt: ckpt_lib.Checkpointer, run: Run, workdir: str, *, with_data: bool = True):
+  """The newest checkpoint that verifies, under the run's `train.on_bad_checkpoint` policy (None if none)."""
+  return ckpt.restore_newest_verified(
+      run.abstract_target(), on_bad=str(run.config.train.on_bad_checkpoint), config=run.config,
+      quarantine=os.path.join(workdir, "checkpoints_quarantine"), with_data=with_data)
 
 
 @contextlib.contextmanager
@@ -419,9 +424,7 @@ def restore_params(config, workdir: str, devices=None) -> tuple[Run, Any, int]:
           f"the same --workdir and config).")
     run = build(config, devices)
     with run.use_mesh():
-      step, state, _ = ckpt.restore_newest_verified(
-          run.abstract_target(), on_bad=str(config.train.on_bad_checkpoint), config=config,
-          quarantine=os.path.join(workdir, "checkpoints_quarantine"), with_data=False)
+      step, state, _ = _restore_verified(ckpt, run, workdir, with_data=False)
   return run, state["params"], int(step)
 
 
