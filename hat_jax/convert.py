@@ -9,10 +9,14 @@
 run resuming from it starts a fresh optimizer state at step 0) with a run config, WORKDIR/config.py
 (`python -m hat_jax.main --config=WORKDIR/config.py --workdir=WORKDIR ...`): the `--base_config` (mesh,
 training, data settings) with `config.model`, `data.max_word_bytes` and `data.special_tokens` replaced
-by the released model's. The released config.json is kept as WORKDIR/hf_config.json for `to-hf`, which writes the same
+by the released model's, and `data.bos = False`: the released models were trained on documents without our
+BOS byte (their `_prepare_input` feeds the raw text), so training rows, prompts and scored texts of the run
+start with the text itself. The released config.json is kept as WORKDIR/hf_config.json for `to-hf`, which writes the same
 keys, shapes and dtypes back (bit for bit when the params were not trained). `from-hf-llama` takes a plain
 Llama checkpoint (`model.layers.{i}...`) as the backbone of the base config's HAT, the byte modules freshly
-initialised: how TFree-HAT was made.
+initialised: how TFree-HAT was made. That HAT is trained by this project's pipeline, so it keeps the base
+config's `data.bos` (True by default). `to-hf` warns when the run's documents started with BOS (the released
+modeling code never prepends it).
 
 Layout (torch `nn.Linear.weight` is [out, in]; ours [in, ...out] with heads split):
   q/k/v_proj [heads*hd, in] <-> [in, heads, hd];  o_proj [out, heads*hd] <-> [heads, hd, out]
@@ -433,6 +437,8 @@ def from_hf(directory: str, out: str, base_config: str, progress=print, override
   config = _run_config(base_config, model, max_word_bytes, overrides)
   # The released splitter cuts each special token (e.g. "<|eot_id|>" -> 192) out as a one-byte word first.
   config.data.special_tokens = {str(k): int(v) for k, v in hf.get("special_token_dict", {}).items()}
+  # ... and feeds the raw text: no BOS byte before a document (data.bos, configs/hat.py: data_config).
+  config.data.bos = False
   model = config.model.to_dict()  # with the base config's scan settings: scanned stacks stack the layers
   task = registry.make_task(config)
   abstract = nn.unbox(jax.eval_shape(task.init_params, jax.random.key(0)))
@@ -474,6 +480,11 @@ def to_hf(workdir: str, out: str, progress=print) -> None:
   with open(os.path.join(out, "config.json"), "w") as f:
     json.dump(hf, f, indent=2)
   progress(f"wrote {out} from step {step} of {workdir}")
+  if config.data.get("bos", True):
+    from hat_jax.data.splitter import BOS as BOS_BYTE  # pylint: disable=g-import-not-at-top
+    progress(f"warning: {workdir} was run with data.bos=True (documents framed [BOS] text [EOD], BOS = byte "
+             f"{BOS_BYTE:#x}), but the released HF code never prepends that byte: there the model sees raw text "
+             "framing it was not trained on here (the released models and from-hf runs use data.bos=False).")
 
 
 LLAMA_DROPPED = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")  # token-level: not in a HAT

@@ -13,6 +13,11 @@ Conventions:
     split into words by the task's splitter, scored from the document start. Every byte of the text is
     scored, the first one included (given BOS). EOD is scored only with `end_of_document=True` (one more
     entry at the end); then the log-probs sum to minus the training loss's total NLL on that document.
+  * Without BOS (`data.bos=False`, the released TFree-HAT framing: `text [EOD]`) the text's first byte has
+    no context and is not scored: its entry is 0, and `Scorer.unscored_bytes(text)` = 1 (the paper HAT:
+    the first word's bytes, since that design never predicts a document's first word). Sums, bits per byte
+    and `end_of_document` totals then cover the scored bytes only, and `bits_per_byte` divides by their
+    number.
   * Natural logs, computed in float32 on the device (the training forward), returned as float64 on the
     host, where every sum over them is taken.
   * The paper HAT predicts each word as `c_1..c_n [W]`. log p([W] | word j) is added to the first byte of
@@ -21,12 +26,12 @@ Conventions:
     (the paper's bits per byte count the [W] predictions too). The last word's [W] is scored only with
     `end_of_document` (in the EOD entry, with EOD's own [W]).
   * Long texts are scored in windows of one training row (`data.seq_bytes` bytes, `data.seq_words`
-    words), cut at word boundaries. The first window is the longest run of whole words from BOS. Each
-    later window starts with the previous words as context, as many as fit in `context_fraction` of a
-    row (bytes and words; at least one word), and scores the words after them that fit. Such a window
-    starts mid-document exactly like a training row that continues a document (no BOS, positions from
-    0, a new segment), and its context bytes are not scored again. A text that fits one row is one
-    window, so its scores do not depend on `context_fraction`.
+    words), cut at word boundaries. The first window is the longest run of whole words from the document
+    start. Each later window starts with the previous words as context, as many as fit in
+    `context_fraction` of a row (bytes and words; at least one word), and scores the words after them that
+    fit. Such a window starts mid-document exactly like a training row that continues a document (no
+    BOS, positions from 0, a new segment), and its context bytes are not scored again. A text that fits
+    one row is one window, so its scores do not depend on `context_fraction`.
   * Batching: the windows of all texts are packed into rows as separate segments, as training packs
     documents (nothing attends across segments), and the rows go through one jitted step in batches of
     `batch_size` rows. Which texts share a row changes float32 rounding only (tested).
@@ -85,6 +90,8 @@ class Scorer:
     self.task, self.params, self.batch_size = task, params, int(batch_size)
     self.context_fraction = float(context_fraction)
     d = task.config.data
+    self.bos = bool(d.get("bos", True))
+    self._paper = getattr(getattr(task, "model_cfg", None), "variant", None) == "paper"
     self.seq_bytes, self.seq_words = int(d.seq_bytes), int(d.seq_words)
     self._step = jax.jit(task.byte_log_probs)  # (params, batch) -> (byte_lp [B, S], word_end_lp [B, W])
 
@@ -95,7 +102,8 @@ class Scorer:
     fit = lambda lo: pipeline.words_that_fit(offsets, lo, self.seq_bytes, self.seq_words)  # noqa: E731
     ctx_bytes = int(self.context_fraction * self.seq_bytes)
     ctx_words = int(self.context_fraction * self.seq_words)
-    windows, first, scored, end = [], 0, 1, fit(0)
+    # Word 0 is BOS (context only), or without BOS the text's first word (scored; its first byte gets 0).
+    windows, first, scored, end = [], 0, int(self.bos), fit(0)
     while scored < num_words:
       while end <= scored and first < scored - 1:  # the context left no room for the next word: shorten it
         first += 1
@@ -117,11 +125,16 @@ class Scorer:
   def log_probs(self, texts: str | bytes | Sequence[str | bytes], *, end_of_document: bool = False
                 ) -> np.ndarray | list[np.ndarray]:
     """log p(byte i | BOS and bytes 0..i-1 of the same text), float64 [len(text)] per text (+1 entry for
-    EOD with `end_of_document`). One text (str, UTF-8 encoded, or bytes) gives one array, a sequence a list."""
+    EOD with `end_of_document`; a special token's text counts as its one byte); without BOS the first
+    `unscored_bytes(text)` entries are 0 (not scored).
+    One text (str, UTF-8 encoded, or bytes) gives one array, a sequence a list."""
     single = isinstance(texts, (str, bytes, bytearray))
     data = [t.encode("utf-8") if isinstance(t, str) else bytes(t) for t in ([texts] if single else texts)]
-    streams = [pipeline.encode_documents([t], self.task.splitter, first_index=i) for i, t in enumerate(data)]
-    outs = [np.zeros(len(t) + int(end_of_document), np.float64) for t in data]
+    streams = [pipeline.encode_documents([t], self.task.splitter, first_index=i, bos=self.bos)
+               for i, t in enumerate(data)]
+    # One entry per byte the model sees: a special token's text (splitter.special_tokens) is one byte.
+    outs = [np.zeros(int(s.word_offsets[-1]) - int(self.bos) - 1 + int(end_of_document), np.float64)
+            for s in streams]
     windows = []
     for i, stream in enumerate(streams):
       num_words = len(stream.word_lengths) - (0 if end_of_document else 1)  # without end: drop the EOD word
@@ -147,21 +160,31 @@ class Scorer:
       results.append(self._step(self.params, batch))
     byte_lp, word_end_lp = (np.concatenate(x).astype(np.float64) for x in zip(*jax.device_get(results)))
 
+    shift = int(self.bos)  # stream byte p is text byte p - shift (BOS first, if any)
     for r, row in enumerate(rows):
       for w, rb, rw in row:
         stream, out = streams[w.text], outs[w.text]
         off = stream.word_offsets
-        lo, hi = int(off[w.scored]), int(off[w.end])  # stream bytes scored; stream byte p is text byte p - 1
+        lo, hi = int(off[w.scored]), int(off[w.end])  # stream bytes scored
         start = rb - int(off[w.first])  # row slot of stream byte p: start + p
-        out[lo - 1:hi - 1] += byte_lp[r, start + lo:start + hi]
+        out[lo - shift:hi - shift] += byte_lp[r, start + lo:start + hi]  # a segment's first byte gets 0
         # log p([W] | word j) (paper HAT; 0 otherwise) goes to the first byte of word j+1, or to EOD's entry
         # for EOD's own [W]; the last text word's [W] only when EOD is scored (then word j+1 is EOD).
-        last = len(out)  # stream position of the last entry (EOD's with end_of_document)
+        last = len(out) - 1 + shift  # stream position of the last entry (EOD's with end_of_document)
         for j in range(w.scored, w.end):
           at = int(off[j + 1]) if off[j + 1] <= last else (last if end_of_document else None)
           if at is not None:
-            out[at - 1] += word_end_lp[r, rw + j - w.first]
+            out[at - shift] += word_end_lp[r, rw + j - w.first]
     return outs[0] if single else outs
+
+  def unscored_bytes(self, text: str | bytes) -> int:
+    """How many leading bytes of `text` `log_probs` cannot score (their entries are 0): none with BOS;
+    without BOS (`data.bos=False`) the first byte, which has no context, or for the paper HAT the first
+    word, which that design never predicts."""
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    if self.bos or not data:
+      return 0
+    return len(self.task.splitter.split(data)[0]) if self._paper else 1
 
   def _row(self, streams: list[pipeline.Stream], row: list) -> dict[str, np.ndarray]:
     """One packed row of windows, each its own segment (`pipeline.make_row` on a stream of the windows)."""
@@ -196,12 +219,19 @@ def read_text(path: str | os.PathLike) -> bytes:
 
 
 def bits_per_byte(scorer: Scorer, path: str | os.PathLike) -> dict[str, float]:
-  """Bits per byte of a UTF-8 text file scored as one document: total NLL in bits over every byte of the
-  file (the first byte included, given BOS; EOD not scored) / the file's size in bytes. Long files are
-  scored in windows (module docstring)."""
+  """Bits per byte of a UTF-8 text file scored as one document: total NLL in bits over the scored bytes /
+  their number ("bytes"). With BOS every byte of the file is scored (the first given BOS), so "bytes" is
+  the file's size; without BOS (`data.bos=False`) the first byte is not (`Scorer.unscored_bytes`: the paper
+  HAT's first word), and "bytes" is the file's size minus those. EOD is not scored. Long files are scored
+  in windows (module docstring)."""
   data = read_text(path)
-  nll_bits = -float(np.sum(scorer.log_probs(data))) / LN2
-  return {"bits_per_byte": nll_bits / len(data), "bytes": float(len(data)), "nll_bits": nll_bits}
+  log_probs = scorer.log_probs(data)  # one entry per byte the model sees (special tokens: one byte each)
+  scored = len(log_probs) - scorer.unscored_bytes(data)
+  if scored < 1:
+    raise ScoreInputError(f"{path} holds {len(data)} byte(s), none of which can be scored without a BOS byte "
+                          "(data.bos=False: the first byte, or the paper HAT's first word, has no context).")
+  nll_bits = -float(np.sum(log_probs)) / LN2
+  return {"bits_per_byte": nll_bits / scored, "bytes": float(scored), "nll_bits": nll_bits}
 
 
 # -- multiple choice ----------------------------------------------------------------------------------
@@ -252,7 +282,8 @@ def read_choices(path: str | os.PathLike) -> list[ChoiceItem]:
 def choice_log_likelihoods(scorer: Scorer, items: Sequence[ChoiceItem]) -> list[np.ndarray]:
   """float64 [num_choices] per item: log p(choice | context), the sum of the per-byte log-probs over the
   choice's bytes in the text `context + choice`, which is split into words as one text (as a byte-level
-  model sees it; scoring the choice after the context's own words could cut words differently)."""
+  model sees it; scoring the choice after the context's own words could cut words differently). Without
+  BOS (`data.bos=False`) an empty context leaves the choice's first byte unscored (`Scorer.unscored_bytes`)."""
   texts = [(it.context + c).encode("utf-8") for it in items for c in it.choices]
   lps = iter(scorer.log_probs(texts))
   return [np.array([float(np.sum(next(lps)[len(it.context.encode("utf-8")):])) for _ in it.choices])

@@ -81,15 +81,17 @@ def forward_log_probs(variant, task, params, rows):
   return result
 
 
-def reference_log_probs(variant, task, params, text: bytes, end: bool, context_fraction=0.5):
+def reference_log_probs(variant, task, params, text: bytes, end: bool, context_fraction=0.5, bos=True):
   """The module docstring's convention, spelled out on the training rows of the document: windows of whole
   words built by `make_row` on the document's own stream (a later window is a training row that continues
-  the document), each scored word's bytes, and a word's [W] on the next word's first byte."""
-  stream = pipeline.encode_documents([text], task.splitter)
+  the document), each scored word's bytes, and a word's [W] on the next word's first byte. `bos=False`:
+  the document is `text [EOD]`, its first word is scored from the start (its first byte gets nothing)."""
+  stream = pipeline.encode_documents([text], task.splitter, bos=bos)
   d = task.config.data
   num_words = len(stream.word_lengths) - (0 if end else 1)
   off = stream.word_offsets[:num_words + 1]
-  windows, first, scored = [], 0, 1
+  shift = int(bos)  # stream byte p is text byte p - shift
+  windows, first, scored = [], 0, shift
   while scored < num_words:
     stop = pipeline.words_that_fit(off, first, d.seq_bytes, d.seq_words)
     windows.append((first, scored, stop))
@@ -100,12 +102,13 @@ def reference_log_probs(variant, task, params, text: bytes, end: bool, context_f
   rows = [pipeline.make_row(stream, stream.word_offsets, a, e, d.seq_bytes, d.seq_words) for a, _, e in windows]
   out = np.zeros(len(text) + end)
   for (first, scored, stop), (byte_lp, word_end_lp) in zip(windows, forward_log_probs(variant, task, params, rows)):
-    for p in range(off[scored], off[stop]):  # stream byte p is text byte p - 1 (BOS first)
-      out[p - 1] += byte_lp[p - off[first]]
+    for p in range(off[scored], off[stop]):
+      out[p - shift] += byte_lp[p - off[first]]
+    last = len(out) - 1 + shift  # stream position of the last entry
     for j in range(scored, stop):
-      at = off[j + 1] if off[j + 1] <= len(out) else (len(out) if end else None)
+      at = off[j + 1] if off[j + 1] <= last else (last if end else None)
       if at is not None:
-        out[at - 1] += word_end_lp[j - first]
+        out[at - shift] += word_end_lp[j - first]
   return out, len(windows)
 
 
@@ -171,6 +174,58 @@ def test_bits_per_byte_of_a_file(model, tmp_path):
   (tmp_path / "empty.txt").write_bytes(b"")
   with pytest.raises(score.ScoreInputError, match="empty.txt is empty"):
     score.bits_per_byte(scorer, tmp_path / "empty.txt")
+
+
+# -- documents without BOS (data.bos=False, the released TFree-HAT framing: `text [EOD]`) ----------------
+@pytest.fixture(scope="module")
+def no_bos(model):
+  """(variant, task, params, scorer) as `model`, with data.bos=False (the same params)."""
+  variant, _, params, _ = model
+  config = make_config(variant)
+  config.data.bos = False
+  task = registry.make_task(config)
+  return variant, task, params, score.Scorer(task, params, batch_size=4)
+
+
+def test_without_bos_the_first_byte_is_not_scored(model, no_bos):
+  """Per byte against the training forward on `text [EOD]` rows (one row, and the passage's ~30 windows);
+  the first byte (the paper HAT: the first word) is not scored, every other byte is; with EOD the entries sum
+  to minus the training loss's total NLL on the document's row."""
+  variant, task, params, scorer = no_bos
+  with open(SAMPLE_TEXT, "rb") as f:
+    passage = f.read()
+  first_word = len(task.splitter.split(SHORT.encode())[0])
+  assert scorer.unscored_bytes(SHORT) == (first_word if variant == "paper" else 1) and scorer.unscored_bytes("") == 0
+  assert model[3].unscored_bytes(SHORT) == 0  # with BOS every byte is scored
+  for text, end in [(SHORT.encode(), True), (passage, False)]:
+    expected, _ = reference_log_probs(variant, model[1], params, text, end, bos=False)
+    got = scorer.log_probs(text, end_of_document=end)
+    n = scorer.unscored_bytes(text)
+    assert got.shape == expected.shape == (len(text) + end,)
+    assert np.all(got[:n] == 0) and np.all(got[n:] < 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  text = SHORT.encode()
+  rows = pipeline.PackedRows(pipeline.encode_documents([text], task.splitter, bos=False), task.config.data.seq_bytes,
+                             task.config.data.seq_words)
+  assert len(rows) == 1 and rows[0]["bytes"][0] == text[0]
+  _, metrics = jax.jit(task.loss)(params, {k: v[None] for k, v in rows[0].items()}, jax.random.key(0))
+  predicted = len(text) + 1 - scorer.unscored_bytes(text)  # the text's bytes and EOD, less the unscored
+  np.testing.assert_allclose(-scorer.log_probs(text, end_of_document=True).sum(),
+                             float(metrics["bits_per_byte"]) * math.log(2) * predicted, rtol=1e-5)
+
+
+def test_bits_per_byte_without_bos_divides_by_the_scored_bytes(no_bos, tmp_path):
+  _, _, _, scorer = no_bos
+  result = score.bits_per_byte(scorer, SAMPLE_TEXT)
+  with open(SAMPLE_TEXT, "rb") as f:
+    data = f.read()
+  scored = len(data) - scorer.unscored_bytes(data)
+  assert result["bytes"] == scored < len(data)
+  np.testing.assert_allclose(result["nll_bits"], -scorer.log_probs(data).sum() / math.log(2), rtol=1e-12)
+  np.testing.assert_allclose(result["bits_per_byte"], result["nll_bits"] / scored, rtol=1e-12)
+  (tmp_path / "one.txt").write_bytes(b"a")
+  with pytest.raises(score.ScoreInputError, match="none of which can be scored without a BOS byte"):
+    score.bits_per_byte(scorer, tmp_path / "one.txt")
 
 
 def test_multiple_choice_equals_a_hand_count(model):

@@ -1,10 +1,12 @@
 """Packed byte/word batches for byte-level LMs (HAT, the byte baseline, Block Transformer).
 
 Documents become one stream: `[BOS] doc [EOD]` each, split into words (BOS and EOD are one-byte words
-of their own). A training row is a contiguous run of whole words holding at most `seq_bytes` bytes and
+of their own), or `doc [EOD]` with `bos=False` (`data.bos`; the released TFree-HAT framing: a document then
+starts with its text's first word, at position 0, and its first byte is never a target). A training row is a contiguous run of whole words holding at most `seq_bytes` bytes and
 `seq_words` words; the packer fills rows greedily, so nothing is dropped and words never straddle rows.
 Inside a row, each document (or the tail of one continued from the previous row) is a segment; nothing
-attends across segments, and the prediction from a document's EOD to the next BOS is masked.
+attends across segments, and the prediction from a document's EOD to the next document's first byte (its
+BOS, or its text's first byte without BOS) is masked.
 
 Row layout (numpy, S = seq_bytes, W = seq_words; padding has segment id 0):
   bytes, targets           int32 [S]   input byte, next byte within the segment
@@ -41,7 +43,7 @@ class Stream:
 
   data: np.ndarray  # uint8 [total_bytes]
   word_lengths: np.ndarray  # int32 [num_words]
-  doc_start: np.ndarray  # bool [num_words]: word is a BOS
+  doc_start: np.ndarray  # bool [num_words]: word starts a document (its BOS, or without BOS its first word)
 
   @property
   def word_offsets(self) -> np.ndarray:  # int64 [num_words + 1]
@@ -58,18 +60,40 @@ def check_document(doc: bytes, index: int) -> None:
         "in valid UTF-8). Decode and re-encode the text as UTF-8, e.g. bytes.decode('utf-8', 'replace').encode().")
 
 
-def encode_documents(docs: Sequence[bytes], splitter: WordSplitter, first_index: int = 0) -> Stream:
-  """`first_index`: the index of `docs[0]` in its split, so errors name the right document."""
+def encode_documents(docs: Sequence[bytes], splitter: WordSplitter, first_index: int = 0, *,
+                     bos: bool = True) -> Stream:
+  """`[BOS] doc [EOD]` per document (`doc [EOD]` with `bos=False`). `first_index`: the index of `docs[0]` in
+  its split, so errors name the right document. With the splitter's special tokens (a converted release's
+  {"<|eot_id|>": 192}) each token's text in a document becomes its one byte, as the released model sees it."""
   if not docs:
     raise ValueError("no documents to encode: the corpus split is empty.")
+  head = [bytes([BOS])] if bos else []
   pieces, lengths, starts = [], [], []
   for i, doc in enumerate(docs, first_index):
     check_document(doc, i)
-    words = splitter.word_lengths(bytes(doc))
-    pieces += [bytes([BOS]), bytes(doc), bytes([EOD])]
-    lengths += [1, *words, 1]
-    starts += [True] + [False] * (len(words) + 1)
+    text = bytes(doc)
+    if splitter.special_tokens:  # a special token's text (e.g. "<|eot_id|>") is one byte to the model
+      text_words = splitter.split(text)
+      text = b"".join(text_words)
+      words = [1] * len(head) + [len(w) for w in text_words] + [1]
+    else:
+      words = [1] * len(head) + splitter.word_lengths(text) + [1]
+    pieces += [*head, text, bytes([EOD])]
+    lengths += words
+    starts += [True] + [False] * (len(words) - 1)  # the document's first word (BOS, or the text's, or EOD)
   return Stream(np.frombuffer(b"".join(pieces), np.uint8), np.asarray(lengths, np.int32), np.asarray(starts, bool))
+
+
+def document_start(prompt: bytes, bos: bool = True) -> bytes:
+  """The first bytes of a document whose text starts with `prompt`, framed as `encode_documents` frames it:
+  BOS + prompt, or the prompt alone with `bos=False`. A sampler conditions on these, so without BOS an
+  empty prompt is an error: there is nothing to condition the first byte on."""
+  if not bos and not prompt:
+    raise ValueError(
+        "an empty prompt has nothing to condition on when documents have no BOS byte (data.bos=False, the "
+        "released TFree-HAT framing): pass at least the text's first byte as the prompt (for a released chat "
+        "model, e.g. its template's start '<|begin_of_text|>').")
+  return (bytes([BOS]) if bos else b"") + bytes(prompt)
 
 
 def check_row_size(seq_bytes: int, seq_words: int) -> None:
@@ -165,20 +189,24 @@ class PackedRows:
     return (float(self.offsets[-1]) / (rows * self.seq_bytes), float(self.bounds[-1]) / (rows * self.seq_words))
 
 
-def cached_stream(docs: Sequence[bytes], splitter: WordSplitter, cache_dir: str | None, tag: str) -> Stream:
+def cached_stream(docs: Sequence[bytes], splitter: WordSplitter, cache_dir: str | None, tag: str, *,
+                  bos: bool = True) -> Stream:
   """encode_documents, memoised on disk (splitting a 20 MB corpus takes seconds, not worth repeating)."""
   if cache_dir is None:
-    return encode_documents(docs, splitter)
+    return encode_documents(docs, splitter, bos=bos)
   digest = hashlib.sha256()
   for doc in docs:
     digest.update(len(doc).to_bytes(8, "little"))
     digest.update(doc)
-  key = f"{tag}-{splitter.rule}-{splitter.max_word_bytes}-{digest.hexdigest()[:16]}.npz"
+  if splitter.special_tokens:  # they change the words (keys without them stay as they were)
+    digest.update(repr(sorted(splitter.special_tokens.items())).encode())
+  framing = "" if bos else "-nobos"
+  key = f"{tag}-{splitter.rule}-{splitter.max_word_bytes}{framing}-{digest.hexdigest()[:16]}.npz"
   path = os.path.join(cache_dir, "streams", key)
   if os.path.exists(path):
     with np.load(path) as f:
       return Stream(f["data"], f["word_lengths"], f["doc_start"])
-  stream = encode_documents(docs, splitter)
+  stream = encode_documents(docs, splitter, bos=bos)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + f".tmp{os.getpid()}.npz"
   np.savez(tmp, data=stream.data, word_lengths=stream.word_lengths, doc_start=stream.doc_start)

@@ -56,15 +56,17 @@ def document_dataset(docs: Sequence[bytes], *, seed: int | None, num_epochs: int
 
 
 class PackIterDataset(grain.IterDataset):
-  """Greedy whole-word packing of an IterDataset of (index, document) pairs into `make_row` rows."""
+  """Greedy whole-word packing of an IterDataset of (index, document) pairs into `make_row` rows; documents
+  framed as `pipeline.encode_documents` frames them (`bos`)."""
 
-  def __init__(self, parent: grain.IterDataset, splitter: WordSplitter, seq_bytes: int, seq_words: int):
+  def __init__(self, parent: grain.IterDataset, splitter: WordSplitter, seq_bytes: int, seq_words: int, *,
+               bos: bool = True):
     super().__init__(parent)
     pipeline.check_row_size(seq_bytes, seq_words)
-    self._splitter, self._seq_bytes, self._seq_words = splitter, seq_bytes, seq_words
+    self._splitter, self._seq_bytes, self._seq_words, self._bos = splitter, seq_bytes, seq_words, bos
 
   def __iter__(self) -> grain.DatasetIterator:
-    return _PackIterator(self._parent.__iter__(), self._splitter, self._seq_bytes, self._seq_words)
+    return _PackIterator(self._parent.__iter__(), self._splitter, self._seq_bytes, self._seq_words, bos=self._bos)
 
   def __str__(self) -> str:
     return f"PackIterDataset(seq_bytes={self._seq_bytes}, seq_words={self._seq_words})"
@@ -72,10 +74,11 @@ class PackIterDataset(grain.IterDataset):
 
 class _PackIterator(grain.DatasetIterator):
 
-  def __init__(self, parent: grain.DatasetIterator, splitter: WordSplitter, seq_bytes: int, seq_words: int):
+  def __init__(self, parent: grain.DatasetIterator, splitter: WordSplitter, seq_bytes: int, seq_words: int, *,
+               bos: bool = True):
     super().__init__(parent)
-    self._splitter, self._seq_bytes, self._seq_words = splitter, seq_bytes, seq_words
-    self._doc: pipeline.Stream | None = None  # [BOS] doc [EOD] of the document being packed
+    self._splitter, self._seq_bytes, self._seq_words, self._bos = splitter, seq_bytes, seq_words, bos
+    self._doc: pipeline.Stream | None = None  # [BOS] doc [EOD] (or doc [EOD]) of the document being packed
     self._offsets = np.zeros(1, np.int64)  # int64 [num_words + 1] of self._doc
     self._doc_source_state: dict[str, Any] = {}  # parent state before it returned self._doc
     self._cursor = 0  # words of self._doc already in rows
@@ -88,13 +91,13 @@ class _PackIterator(grain.DatasetIterator):
     """Next document from the parent (raises StopIteration at the end of a finite source)."""
     state = self._parent.get_state()
     index, text = next(self._parent)
-    doc = pipeline.encode_documents([text], self._splitter, first_index=index)
+    doc = pipeline.encode_documents([text], self._splitter, first_index=index, bos=self._bos)
     pipeline.check_words_fit(doc.word_lengths, self._seq_bytes)
     if self._resume_words > len(doc.word_lengths):
       raise ValueError(
           f"iterator state says {self._resume_words} words of document {index} were packed, but it splits into "
           f"{len(doc.word_lengths)} words: the checkpoint was written with other data or splitter settings "
-          "(corpus, split, split_rule, max_word_bytes). Resume with the original data config or a fresh workdir.")
+          "(corpus, split, split_rule, max_word_bytes, bos). Resume with the original data config or a fresh workdir.")
     self._doc, self._offsets, self._doc_source_state = doc, doc.word_offsets, state
     self._cursor, self._resume_words = self._resume_words, 0
 
@@ -147,18 +150,18 @@ def _join(pieces: list[tuple[pipeline.Stream, np.ndarray, int, int]]) -> pipelin
 
 def train_iterator(docs: Sequence[bytes], splitter: WordSplitter, seq_bytes: int, seq_words: int,
                    batch_size: int, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
+                   process_count: int = 1, *, bos: bool = True) -> grain.DatasetIterator:
   """Shuffled, repeated, per-process batches of streamed rows; checkpointable via get_state/set_state."""
   local_batch = per_process_batch_size(batch_size, process_count)
   ds = document_dataset(docs, seed=seed, num_epochs=None, process_index=process_index, process_count=process_count)
-  return iter(PackIterDataset(ds, splitter, seq_bytes, seq_words).batch(local_batch, drop_remainder=True))
+  return iter(PackIterDataset(ds, splitter, seq_bytes, seq_words, bos=bos).batch(local_batch, drop_remainder=True))
 
 
 def eval_batches(docs: Sequence[bytes], splitter: WordSplitter, seq_bytes: int, seq_words: int, batch_size: int,
-                 num_batches: int) -> list[dict[str, np.ndarray]]:
+                 num_batches: int, *, bos: bool = True) -> list[dict[str, np.ndarray]]:
   """The first `num_batches` full batches of one unshuffled pass (a fixed validation set); reads only
   the documents those batches need (plus grain's read-ahead)."""
-  ds = PackIterDataset(document_dataset(docs, seed=None, num_epochs=1), splitter, seq_bytes, seq_words)
+  ds = PackIterDataset(document_dataset(docs, seed=None, num_epochs=1), splitter, seq_bytes, seq_words, bos=bos)
   batches = list(itertools.islice(ds.batch(batch_size, drop_remainder=True), num_batches))
   if not batches:
     raise ValueError(f"the validation split packs into fewer rows than eval batch_size={batch_size}; "

@@ -14,6 +14,9 @@ with the new guide: the final logits then equal a full uncached forward pass ove
 the same word boundaries (tested). The encoder never depends on word boundaries, so its cache stays.
 
 The loop is Python (the splitter runs on the host) around three jitted functions with fixed shapes.
+
+Prompts are framed as training frames documents (`prompt_words`): BOS + prompt, or with `bos=False`
+(`data.bos`, the released TFree-HAT framing) the prompt alone, which then must not be empty.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hat_jax.data.batching import stack_prompts
+from hat_jax.data.pipeline import document_start
 from hat_jax.data.splitter import BOS, END_OF_WORD, EOD, WordSplitter
 from hat_jax.generate.sampling import SamplingConfig, sample
 from hat_jax.models.hat import HAT, HATConfig, empty_caches
@@ -38,12 +42,20 @@ class Generation:
 
   prompt: bytes
   generated: bytes
-  words: list[bytes]  # word segmentation used by the backbone, BOS word first (prompt + generated)
-  logits: np.ndarray | None = None  # [len(BOS + prompt + generated) - 1, 256] next-byte logits, if recorded
+  words: list[bytes]  # word segmentation used by the backbone, BOS word first if any (prompt + generated)
+  logits: np.ndarray | None = None  # [len([BOS] + prompt + generated) - 1, 256] next-byte logits, if recorded
 
   @property
   def text(self) -> str:
     return self.generated.decode("utf-8", errors="replace")
+
+
+def prompt_words(splitter: WordSplitter, prompt: bytes, bos: bool = True) -> list[bytes]:
+  """The words a document whose text starts with `prompt` begins with, as `pipeline.encode_documents`
+  frames it: the BOS word, then the prompt's words; with `bos=False` the prompt's words alone (an empty
+  prompt is then a ValueError, `pipeline.document_start`)."""
+  document_start(prompt, bos)  # checks
+  return ([bytes([BOS])] if bos else []) + splitter.split(bytes(prompt))
 
 
 def _check_sampler_inputs(cfg: HATConfig, splitter: WordSplitter, variants: tuple[str, ...], other: str) -> None:
@@ -56,11 +68,12 @@ def _check_sampler_inputs(cfg: HATConfig, splitter: WordSplitter, variants: tupl
 
 
 class HATSampler:
-  """Generates bytes from a trained tfree or released HAT. `params` are the model's variables ({'params': ...})."""
+  """Generates bytes from a trained tfree or released HAT. `params` are the model's variables ({'params': ...});
+  `bos`: prompts start with the BOS word (`data.bos`; False for converted released models)."""
 
-  def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_bytes: int = 512):
+  def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_bytes: int = 512, bos: bool = True):
     _check_sampler_inputs(cfg, splitter, ("tfree", "released"), "PaperHATSampler")
-    self.cfg, self.params, self.splitter, self.max_total = cfg, params, splitter, max_total_bytes
+    self.cfg, self.params, self.splitter, self.max_total, self.bos = cfg, params, splitter, max_total_bytes, bos
     self.model = HAT(cfg)
     model = self.model
 
@@ -104,12 +117,13 @@ class HATSampler:
     batch = len(prompts)
     if batch == 0:
       raise ValueError("generate needs at least one prompt.")
-    seqs = [bytearray([BOS]) + bytes(p) for p in prompts]
+    words = [prompt_words(splitter, p, self.bos) for p in prompts]
+    seqs = [bytearray(b"".join(w)) for w in words]  # special tokens (data.special_tokens) as their one byte
+    prompt_len = [len(s) for s in seqs]
     total = max(len(s) for s in seqs) + max_new_bytes
     if total > self.max_total:
       raise ValueError(f"prompt + max_new_bytes = {total} bytes exceeds max_total_bytes={self.max_total}; "
                        "shorten the prompt or raise max_total_bytes.")
-    words = [[bytes([BOS]), *splitter.split(bytes(p))] for p in prompts]
     # Prompt words that end with an unfinished UTF-8 character stay "current" like any last word.
     complete = [w[:-1] for w in words]
     # Slack for the widest re-decode chunk: a write that overran the buffer would be clamped, not dropped.
@@ -203,7 +217,7 @@ class HATSampler:
       full = bytes(seqs[b])
       boundaries = self._boundaries(full, words[b])
       results.append(Generation(
-          prompt=bytes(prompt), generated=full[1 + len(prompt):], words=boundaries,
+          prompt=bytes(prompt), generated=full[prompt_len[b]:], words=boundaries,
           logits=None if recorded is None else np.stack(recorded[b][:len(full) - 1]) if len(full) > 1 else None))
     return results
 
@@ -220,13 +234,16 @@ class PaperHATSampler:
   """Generation for the paper's HAT design (`variant="paper"`): the backbone runs with a KV cache over
   words; the decoder spells each word from its predictive vector until it predicts [W] (or the word
   reaches max_word_bytes); the finished word is encoded and takes one backbone step. Words are short,
-  so the decoder recomputes its (at most max_word_bytes + 1) positions per byte instead of caching."""
+  so the decoder recomputes its (at most max_word_bytes + 1) positions per byte instead of caching.
 
-  def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_words: int = 256):
+  `bos` as in `HATSampler`. The paper design never predicts a document's first word (no word before it),
+  so without BOS a one-word prompt counts as finished: generation starts with the next word."""
+
+  def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_words: int = 256, bos: bool = True):
     from hat_jax.models.hat import PaperHAT
 
     _check_sampler_inputs(cfg, splitter, ("paper",), "HATSampler")
-    self.cfg, self.params, self.splitter, self.max_words = cfg, params, splitter, max_total_words
+    self.cfg, self.params, self.splitter, self.max_words, self.bos = cfg, params, splitter, max_total_words, bos
     model = PaperHAT(cfg)
 
     def word_step(params, byte_ids, byte_mask, word_pos, valid, caches):
@@ -251,8 +268,8 @@ class PaperHATSampler:
     cfg, m = self.cfg, self.cfg.max_word_bytes
     if not prompts:
       raise ValueError("generate needs at least one prompt.")
-    words = [[bytes([BOS]), *self.splitter.split(bytes(p))] for p in prompts]
-    complete = [w[:-1] if len(w) > 1 else w for w in words]  # the prompt's last word may go on
+    words = [prompt_words(self.splitter, p, self.bos) for p in prompts]
+    complete = [w[:-1] if len(w) > 1 else w for w in words]  # the prompt's last word may go on, unless it is the first
     current = [bytearray(w[-1]) if len(w) > 1 else bytearray() for w in words]
     if max(len(c) for c in complete) + max_new_bytes + 1 > self.max_words:
       raise ValueError(f"prompt words + max_new_bytes exceed max_total_words={self.max_words}; raise it.")

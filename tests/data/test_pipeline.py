@@ -100,3 +100,76 @@ def test_stream_cache_round_trip(tmp_path):
   b = pipeline.cached_stream(DOCS, splitter, str(tmp_path), "t")
   assert (a.data == b.data).all() and (a.word_lengths == b.word_lengths).all()
   assert len(list((tmp_path / "streams").iterdir())) == 1
+
+
+# -- documents without BOS (data.bos=False, the released TFree-HAT framing) ------------------------------
+def test_documents_without_bos_are_text_then_eod():
+  splitter = WordSplitter("tfree", 8)
+  stream = pipeline.encode_documents(DOCS, splitter, bos=False)
+  assert bytes(stream.data) == b"".join(d + bytes([EOD]) for d in DOCS)
+  words = [w for d in DOCS for w in [*splitter.split(d), bytes([EOD])]]
+  assert stream.word_lengths.tolist() == [len(w) for w in words]
+  firsts = [i == 0 for d in DOCS for i in range(len(splitter.split(d)) + 1)]  # a document's first word (EOD if empty)
+  assert stream.doc_start.tolist() == firsts
+  assert pipeline.encode_documents([b""], splitter, bos=False).data.tolist() == [EOD]
+
+
+@pytest.mark.parametrize("seq_bytes, seq_words", [(32, 10), (16, 6), (200, 80)])
+def test_rows_without_bos_segment_each_document_from_its_first_word(seq_bytes, seq_words):
+  splitter = WordSplitter("tfree", 8)
+  rows = pipeline.PackedRows(pipeline.encode_documents(DOCS, splitter, bos=False), seq_bytes, seq_words)
+  # Each document (or its continuation) is a segment whose positions start at 0 and whose first byte is no
+  # target: the prediction from EOD to the next document's first byte is masked as EOD -> BOS is with BOS.
+  docs = [bytearray()]
+  seen_targets = 0
+  for i in range(len(rows)):
+    r = rows[i]
+    n = int((r["segment_ids"] > 0).sum())
+    assert BOS not in r["bytes"][:n]
+    for s in range(1, r["segment_ids"].max() + 1):
+      at = np.flatnonzero(r["segment_ids"] == s)
+      assert (r["positions"][at] == np.arange(len(at))).all()
+      assert (r["loss_mask"][at[:-1]] == 1).all() and r["loss_mask"][at[-1]] == 0
+      assert (r["targets"][at[:-1]] == r["bytes"][at[1:]]).all()
+      words = np.flatnonzero(r["word_segment_ids"] == s)
+      assert (r["word_positions"][words] == np.arange(len(words))).all()
+      assert r["word_starts"][words[0]] == at[0]
+      seen_targets += len(at) - 1
+      for b in r["bytes"][at]:
+        docs[-1].append(int(b))
+        if b == EOD:
+          docs.append(bytearray())
+  assert [bytes(d) for d in docs[:-1]] == [d + bytes([EOD]) for d in DOCS]
+  # Targets: every byte of `doc [EOD]` but the first (one fewer per document than with BOS), less one per
+  # row that starts inside a document (its first byte is predicted in no row, as with BOS).
+  mid_document = sum(rows[i - 1]["bytes"][int((rows[i - 1]["segment_ids"] > 0).sum()) - 1] != EOD
+                     for i in range(1, len(rows)))
+  assert sum(int(rows[i]["loss_mask"].sum()) for i in range(len(rows))) == sum(len(d) for d in DOCS) - mid_document
+  assert seen_targets == sum(len(d) for d in DOCS) - mid_document
+
+
+def test_stream_cache_keeps_bos_framings_apart(tmp_path):
+  splitter = WordSplitter()
+  a = pipeline.cached_stream(DOCS, splitter, str(tmp_path), "t")
+  b = pipeline.cached_stream(DOCS, splitter, str(tmp_path), "t", bos=False)
+  assert a.data[0] == BOS and b.data.tobytes() == pipeline.encode_documents(DOCS, splitter, bos=False).data.tobytes()
+  assert (b.doc_start == pipeline.encode_documents(DOCS, splitter, bos=False).doc_start).all()
+  assert len(list((tmp_path / "streams").iterdir())) == 2
+
+
+def test_document_start_without_bos_needs_a_prompt():
+  assert pipeline.document_start(b"Hi") == bytes([BOS]) + b"Hi" and pipeline.document_start(b"") == bytes([BOS])
+  assert pipeline.document_start(b"Hi", bos=False) == b"Hi"
+  with pytest.raises(ValueError, match=r"empty prompt has nothing to condition on .*data.bos=False.*first byte"):
+    pipeline.document_start(b"", bos=False)
+
+
+def test_special_token_text_becomes_its_byte_and_lengths_match():
+  """A converted release's splitter maps "<|eot_id|>" to byte 192: the stream holds that byte (not the
+  10-byte text), so the word lengths add up to the stored bytes and rows stay aligned."""
+  splitter = WordSplitter("tfree", 24, {"<|eot_id|>": 192})
+  stream = pipeline.encode_documents([b"a<|eot_id|>b c"], splitter, bos=False)
+  assert bytes(stream.data) == b"a\xc0b c" + bytes([EOD])
+  assert int(stream.word_lengths.sum()) == len(stream.data)
+  assert [bytes(stream.data[o:o + n]) for o, n in zip(stream.word_offsets[:-1], stream.word_lengths)] == (
+      splitter.split(b"a<|eot_id|>b c") + [bytes([EOD])])

@@ -19,24 +19,27 @@ def assert_rows_equal(got, want):
     assert got[k].tobytes() == want[k].tobytes(), k
 
 
-def one_pass(docs, seq_bytes, seq_words):
+def one_pass(docs, seq_bytes, seq_words, bos=True):
   return list(streaming.PackIterDataset(streaming.document_dataset(docs, seed=None, num_epochs=1), SPLITTER,
-                                        seq_bytes, seq_words))
+                                        seq_bytes, seq_words, bos=bos))
 
 
-# Word- and byte-limited rows, rows that end exactly at a document's EOD, single-word rows.
+# Word- and byte-limited rows, rows that end exactly at a document's EOD, single-word rows; documents
+# framed with BOS and without (data.bos=False).
+@pytest.mark.parametrize("bos", [True, False])
 @pytest.mark.parametrize("seq_bytes, seq_words", [(32, 10), (16, 6), (8, 2), (64, 3), (200, 80)])
-def test_unshuffled_rows_equal_packed_rows(seq_bytes, seq_words):
-  want = pipeline.PackedRows(pipeline.encode_documents(DOCS, SPLITTER), seq_bytes, seq_words)
-  got = one_pass(DOCS, seq_bytes, seq_words)
+def test_unshuffled_rows_equal_packed_rows(seq_bytes, seq_words, bos):
+  want = pipeline.PackedRows(pipeline.encode_documents(DOCS, SPLITTER, bos=bos), seq_bytes, seq_words)
+  got = one_pass(DOCS, seq_bytes, seq_words, bos)
   assert len(got) == len(want)
   for i, row in enumerate(got):
     assert_rows_equal(row, want[i])
 
 
-def test_eval_batches_are_the_first_packed_batches():
-  rows = pipeline.PackedRows(pipeline.encode_documents(DOCS, SPLITTER), 16, 6)
-  got = streaming.eval_batches(DOCS, SPLITTER, 16, 6, batch_size=3, num_batches=2)
+@pytest.mark.parametrize("bos", [True, False])
+def test_eval_batches_are_the_first_packed_batches(bos):
+  rows = pipeline.PackedRows(pipeline.encode_documents(DOCS, SPLITTER, bos=bos), 16, 6)
+  got = streaming.eval_batches(DOCS, SPLITTER, 16, 6, batch_size=3, num_batches=2, bos=bos)
   want = pipeline.eval_batches(rows, batch_size=3, num_batches=2)
   assert len(got) == 2
   for g, w in zip(got, want):
@@ -45,14 +48,14 @@ def test_eval_batches_are_the_first_packed_batches():
     streaming.eval_batches(DOCS, SPLITTER, 16, 6, batch_size=1000, num_batches=2)
 
 
-@pytest.mark.parametrize("skip", [0, 1, 3, 7])
-def test_resume_from_state_yields_the_same_batches(skip):
-  it = streaming.train_iterator(DOCS, SPLITTER, 16, 6, batch_size=2, seed=3)
+@pytest.mark.parametrize("skip, bos", [(0, True), (1, True), (3, True), (7, True), (3, False)])
+def test_resume_from_state_yields_the_same_batches(skip, bos):
+  it = streaming.train_iterator(DOCS, SPLITTER, 16, 6, batch_size=2, seed=3, bos=bos)
   for _ in range(skip):
     next(it)
   state = json.loads(json.dumps(it.get_state()))  # as the checkpoint stores it
   want = [next(it) for _ in range(6)]
-  resumed = streaming.train_iterator(DOCS, SPLITTER, 16, 6, batch_size=2, seed=3)
+  resumed = streaming.train_iterator(DOCS, SPLITTER, 16, 6, batch_size=2, seed=3, bos=bos)
   resumed.set_state(state)
   for w in want:
     assert_rows_equal(next(resumed), w)

@@ -151,6 +151,24 @@ def test_bytes_task_config_loss_sample_and_sweep_overrides():
     registry.make_task(swept)
 
 
+def test_bytes_task_samples_without_bos_from_the_raw_prompt(monkeypatch):
+  """data.bos=False: the prompt goes to the engine as its own bytes (no BOS byte first); an empty prompt
+  is an error that says what to pass."""
+  from hat_jax.generate import block_engine
+  config = bytes_config.get_config("size=test,corpus=toy")
+  config.data.bos = False
+  config.sample.num_samples, config.sample.prompt = 2, "Hi"
+  task = registry.make_task(config)
+  seen = []
+  monkeypatch.setattr(block_engine, "continue_prompts",
+                      lambda cfg, params, prompts, rng, **kw: seen.append(prompts) or [np.zeros(0, np.int32)] * 2)
+  task.generate({}, jax.random.key(0))
+  assert seen == [[b"Hi", b"Hi"]]
+  config.sample.prompt = ""
+  with pytest.raises(ValueError, match="empty prompt has nothing to condition on"):
+    registry.make_task(config).generate({}, jax.random.key(0))
+
+
 def test_bytes_task_decode_step_matches_the_engine():
   config = bytes_config.get_config("size=test,corpus=toy")
   task = registry.make_task(config)

@@ -84,21 +84,23 @@ def test_word_accuracy_counts_whole_words():
   assert float(m["byte_accuracy"]) == pytest.approx(0.8)
 
 
-def test_cached_generation_equals_uncached_forward():
-  seed, prompts = 3, [b"Hello wo", b"caf\xc3", b"", "Gr\u00fc\u00df dich".encode()]
+@pytest.mark.parametrize("bos", [True, False])  # False: documents `text [EOD]` (data.bos, released framing)
+def test_cached_generation_equals_uncached_forward(bos):
+  seed, prompts = 3, [b"Hello wo", b"caf\xc3", b"" if bos else b"a", "Gr\u00fc\u00df dich".encode()]
   cfg = hat_cfg()
   model = HAT(cfg)
   splitter = WordSplitter(max_word_bytes=M)
   init_bytes = bytes([BOS]) + b"Hello"
   params = jit_helpers.init(model, jax.random.key(0), single_doc_batch(init_bytes, [init_bytes[:1], init_bytes[1:]]))
-  sampler = HATSampler(cfg, params, splitter, max_total_bytes=96)
+  sampler = HATSampler(cfg, params, splitter, max_total_bytes=96, bos=bos)
   # Sampling random bytes at temperature 1 from an untrained model exercises invalid UTF-8, multi-byte
   # characters and words finished several bytes late.
   gens = sampler.generate(prompts, 24, jax.random.key(seed), SamplingConfig(temperature=1.0), record_logits=True,
                           stop_at_eod=False)
   for g in gens:
-    full = bytes([BOS]) + g.prompt + g.generated
+    full = bytes([BOS] if bos else []) + g.prompt + g.generated
     assert b"".join(g.words) == full and len(g.generated) == 24
+    assert (g.words[0] == bytes([BOS])) == bos  # without BOS the first word is the prompt's
     ref = jit_helpers.apply(model, params, single_doc_batch(full, g.words))[0, :len(full) - 1]
     np.testing.assert_allclose(g.logits, ref, atol=1e-4)
 
@@ -125,6 +127,15 @@ def test_sampler_rejects_bad_requests():
     sampler.generate([b"long prompt"], 10, jax.random.key(0))
   with pytest.raises(ValueError, match="at least one prompt"):
     sampler.generate([], 10, jax.random.key(0))
+  no_bos = HATSampler(cfg, params, WordSplitter(max_word_bytes=M), max_total_bytes=16, bos=False)
+  with pytest.raises(ValueError, match=r"empty prompt has nothing to condition on .*pass at least the text's first"):
+    no_bos.generate([b"ok", b""], 4, jax.random.key(0))
+  from hat_jax.generate.hat_sampler import PaperHATSampler, prompt_words
+  paper = PaperHATSampler(hat_cfg("paper"), {}, WordSplitter(max_word_bytes=M), bos=False)  # fails before params
+  with pytest.raises(ValueError, match="empty prompt has nothing to condition on"):
+    paper.generate([b""], 4, jax.random.key(0))
+  assert prompt_words(WordSplitter(max_word_bytes=M), b"Hi you", bos=False) == [b"Hi", b" you"]
+  assert prompt_words(WordSplitter(max_word_bytes=M), b"", bos=True) == [bytes([BOS])]
 
 
 @pytest.mark.parametrize("change, match", [
@@ -147,19 +158,20 @@ def test_unknown_config_field_is_an_error():
 
 
 @pytest.mark.slow  # ~25 s of sampler compiles
-def test_paper_variant_sampler_follows_its_own_uncached_forward():
+@pytest.mark.parametrize("bos", [True, False])
+def test_paper_variant_sampler_follows_its_own_uncached_forward(bos):
   from hat_jax.generate.hat_sampler import PaperHATSampler
   from hat_jax.data.splitter import END_OF_WORD
   cfg = hat_cfg("paper")
   model = build_hat(cfg)
   params = jit_helpers.init(model, jax.random.key(2), packed_batch(), method=model.loss_and_metrics)
-  sampler = PaperHATSampler(cfg, params, WordSplitter(max_word_bytes=M), max_total_words=64)
+  sampler = PaperHATSampler(cfg, params, WordSplitter(max_word_bytes=M), max_total_words=64, bos=bos)
   gen = sampler.generate([b"The cat sat"], 30, jax.random.key(0), GREEDY, stop_at_eod=False)[0]
-  assert gen.generated and b"".join(gen.words) == bytes([BOS]) + b"The cat sat" + gen.generated
+  assert gen.generated and b"".join(gen.words) == bytes([BOS] if bos else []) + b"The cat sat" + gen.generated
   full = b"".join(gen.words)
   logits, _, _ = jit_helpers.apply(model, params, single_doc_batch(full, gen.words))
-  # words: BOS, "The", " cat", " sat..." (a prompt word the decoder went on with), then generated words.
-  generated_words = range(4, len(gen.words) - 1)  # the last word may be unfinished
+  # words: [BOS], "The", " cat", " sat..." (a prompt word the decoder went on with), then generated words.
+  generated_words = range(3 + bos, len(gen.words) - 1)  # the last word may be unfinished
   assert len(generated_words) >= 2
   for j in generated_words:  # each is the greedy spelling under the uncached forward pass, ending with [W]
     word, expected = gen.words[j], np.argmax(np.asarray(logits[0, j]), -1)

@@ -170,6 +170,29 @@ def test_cached_generation_equals_uncached_forward(name):
     np.testing.assert_allclose(g.logits, uncached, atol=1e-4)
 
 
+def test_sampler_without_bos_equals_the_reference_on_the_raw_prompt():
+  """How a converted released model samples (data.bos=False): the prompt's own bytes and words, no BOS word,
+  the special token as its one byte; the cached sampler's logits equal the numpy reference of the released
+  forward pass over exactly those bytes (prompt + generated)."""
+  hf = ref.tiny_release_config(**CONFIGS["every_layer_gqa_qk_norm"])
+  weights = ref.random_release_weights(hf, seed=7)
+  cfg, model = _model(hf)
+  params = _params(cfg, model, weights)
+  splitter = WordSplitter("tfree", cfg.max_word_bytes, {"<|eot_id|>": EOT})
+  sampler = HATSampler(cfg, params, splitter, max_total_bytes=64, bos=False)
+  prompts = ["Hello wo", "Gr\u00fc\u00df<|eot_id|>Ok"]
+  gens = sampler.generate([p.encode() for p in prompts], 12, jax.random.key(1), SamplingConfig(temperature=1.0),
+                          record_logits=True, stop_at_eod=False)
+  for prompt, g in zip(prompts, gens):
+    words = _words(prompt, cfg.max_word_bytes)  # the released splitter's words of the raw prompt
+    raw = b"".join(words)  # the prompt's bytes, <|eot_id|> as byte 192
+    full = raw + g.generated
+    assert b"".join(g.words) == full and g.words[:len(words) - 1] == words[:-1] and len(g.generated) == 12
+    expected = ref.reference_logits(weights, hf, np.frombuffer(full, np.uint8).astype(np.int64),
+                                    [len(w) for w in g.words])[:len(full) - 1]
+    np.testing.assert_allclose(g.logits, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())
+
+
 def _write_hf_directory(directory, hf: dict, weights: dict) -> None:
   """A released-style HF directory: config.json and two safetensors shards with their index."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
@@ -195,12 +218,15 @@ def _converted(tmp_path):
   return hf, weights, workdir, config
 
 
-def test_from_hf_then_to_hf_cli_is_bit_exact(tmp_path):
+def test_from_hf_then_to_hf_cli_is_bit_exact(tmp_path, capsys):
   hf, weights, workdir, config = _converted(tmp_path)
   assert config.model.variant == "released" and config.data.max_word_bytes == hf["max_word_size"]
   assert dict(config.data.special_tokens) == hf["special_token_dict"] == {"<|eot_id|>": EOT}
+  assert config.data.bos is False  # the released framing: documents start with their text, no BOS byte
   out = str(tmp_path / "back")
+  capsys.readouterr()
   assert convert.main(["to-hf", workdir, "--out", out]) == 0
+  assert "warning" not in capsys.readouterr().out
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   index = json.loads(open(os.path.join(out, "model.safetensors.index.json")).read())["weight_map"]
   assert sorted(index) == sorted(weights)
@@ -219,6 +245,22 @@ def test_from_hf_then_to_hf_cli_is_bit_exact(tmp_path):
   open(integrity_file, "w").write(json.dumps(stored))
   assert convert.main(["to-hf", workdir, "--out", str(tmp_path / "back2")]) == 1
   assert not os.path.exists(tmp_path / "back2")
+
+
+def test_to_hf_warns_when_the_run_used_bos(tmp_path, monkeypatch):
+  from hat_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  _, _, workdir, _ = _converted(tmp_path)
+  stored = ckpt_lib.Checkpointer.restore_config
+
+  def with_bos(self, step=None):  # as if the run had been trained with --config.data.bos=True
+    config = stored(self, step)
+    config["data"]["bos"] = True
+    return config
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "restore_config", with_bos)
+  said = []
+  convert.to_hf(workdir, str(tmp_path / "back"), progress=said.append)
+  assert any(line.startswith("warning: ") and "data.bos=True" in line and "never prepends" in line for line in said)
 
 
 @pytest.mark.slow  # two compiles of the trainer (~25 s)
@@ -255,6 +297,7 @@ def test_from_hf_llama_puts_the_llama_blocks_in_the_backbone(tmp_path):
   with ckpt_lib.Checkpointer(os.path.join(out, "checkpoints"), keep=None) as ckpt:
     saved = ckpt.restore_config()
     assert saved["model"]["backbone"]["d_model"] == 48 and saved["model"]["backbone"]["rope_scaling"] == [8.0, 1.0, 4.0, 64]
+    assert saved["data"]["bos"] is True  # a HAT trained by our pipeline keeps the base config's framing
     stored = ckpt._manager.item_metadata(0)["state"].tree["params"]  # pylint: disable=protected-access
     _, params = ckpt.restore_params(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored))
   layer1 = params["params"]["backbone_stack"]["layer_1"]
