@@ -1,6 +1,8 @@
 """Class-conditional image sampling for the image families, and sample grids as PNG files.
 
   images, tokens = sample_var(var, var_params, vq, vq_params, labels, rng, cfg_scale=2.0)  # next-scale
+  images, tokens, revealed_at = sample_hmar(hmar, hmar_params, vq, vq_params, labels, rng,
+                                            steps=(1, 1, 2, 2, 3, 4))               # masked steps per scale
   tokens = sample_raster_ar(model, params, labels, rng, cfg_scale=2.0)                     # token by token
   images = sample_axial(model, params, labels, rng)                                        # row by row
   write_png(path, image_grid(images, rows=4))
@@ -15,6 +17,7 @@ Classifier-free guidance (VAR, raster AR): the batch is doubled ([labels; null c
 (1 + t) cond - t uncond. VAR ramps t linearly from 0 at the first scale to `cfg_scale` at the last (the
 coarse scales decide the layout, where strong guidance costs diversity); the raster AR uses `cfg_scale`
 at every step, and `cfg_scale=0` skips the doubling. The Axial Transformer has no null class: no CFG.
+HMAR guides as VAR does, with the same t at every masked step of a scale.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from hat_jax.generate.sampling import SamplingConfig, sample
+from hat_jax.generate.sampling import SamplingConfig, filtered_logits, sample
+from hat_jax.models import hmar as hmar_lib
 from hat_jax.models.axial import AxialTransformer
+from hat_jax.models.hmar import HMAR
 from hat_jax.models.raster_ar import RasterAR
 from hat_jax.models.var import VAR
 from hat_jax.models.vqvae import MultiScaleVQVAE
@@ -82,6 +87,103 @@ def sample_var(var: VAR, var_params, vq: MultiScaleVQVAE, vq_params, labels: jax
       x_k = jnp.concatenate([nxt, nxt], axis=0)  # both CFG halves continue from the guided sample
   images = vq.apply(vq_params, f_hat, method=MultiScaleVQVAE.fhat_to_images)
   return images, jnp.concatenate(tokens, axis=1)
+
+
+def tokenizer_codebook(vq: MultiScaleVQVAE) -> jax.Array:
+  """The tokenizer's codebook [V, Cvae] (`vq.apply(vq_params, method=tokenizer_codebook)`): HMAR's token inputs."""
+  return vq.quantizer.codebook
+
+
+@functools.partial(jax.jit, static_argnames=("hmar", "vq", "steps", "cfg_scale", "sampling", "choice_temperature"))
+def sample_hmar(hmar: HMAR, hmar_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
+                steps, cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig(),
+                choice_temperature: float = 1.0, known_tokens: jax.Array | None = None,
+                known_mask: jax.Array | None = None):
+  """HMAR: scale by scale, each scale in `steps[k]` masked steps (MaskGIT within the scale).
+
+  labels [B] -> (images uint8 [B, H, W, C], tokens [B, L], revealed_at int32 [B, L]: the masked step of its
+  scale in which each token was drawn, -1 for given tokens). `steps`: one int per scale (or one for all,
+  or "1,1,2,4"), checked by `hmar.check_schedule`; it is free at sampling time (the model was trained on
+  random mask ratios). At step s of scale k every masked token is drawn (CFG as VAR: t ramps over the
+  scales), and the draws with the highest confidence, log p(draw) + Gumbel noise x choice_temperature x
+  (1 - (s + 1) / steps[k]), are kept: as many as leave `hmar.masked_after` tokens masked; the last step
+  keeps all. Each step is one `HMAR.step` over the scale's own pn^2 positions (no cache across scales).
+  Zero-shot inpainting: `known_tokens` [B, L] where `known_mask` [B, L] is True start revealed (kept as
+  given, never redrawn); the schedule then spreads each scale's remaining tokens over its steps.
+  """
+  cfg = hmar.cfg
+  schedule = hmar_lib.check_schedule(steps, cfg.scales)
+  if (known_tokens is None) != (known_mask is None):
+    raise ValueError("sample_hmar: pass both known_tokens and known_mask (inpainting), or neither.")
+  if known_mask is not None and (known_mask.shape != (labels.shape[0], cfg.seq_len)
+                                 or known_tokens.shape != known_mask.shape):
+    raise ValueError(f"sample_hmar: known_tokens and known_mask must be [batch, {cfg.seq_len}] (batch "
+                     f"{labels.shape[0]}), got {known_tokens.shape} and {known_mask.shape}.")
+  batch = labels.shape[0]
+  both = with_null_class(labels, cfg.num_classes)
+  codebook = vq.apply(vq_params, method=tokenizer_codebook)  # revealed tokens enter as their code vectors
+  side = cfg.scales[-1]
+  f_hat = jnp.zeros((batch, side, side, cfg.z_channels), jnp.float32)
+  x_k, tokens, revealed = None, [], []
+  for k, pn in enumerate(cfg.scales):
+    span = cfg.scale_slice(k)
+    if known_mask is None:
+      given = jnp.zeros((batch, pn * pn), bool)
+      tok = jnp.full((batch, pn * pn), hmar.mask_id, jnp.int32)
+    else:
+      given = known_mask[:, span].astype(bool)
+      tok = jnp.where(given, known_tokens[:, span].astype(jnp.int32), hmar.mask_id)
+    at = jnp.where(given, -1, schedule[k]).astype(jnp.int32)
+    stay_masked = hmar_lib.masked_after(jnp.sum(~given, axis=1).astype(jnp.int32), schedule[k], xp=jnp)  # [B, S]
+    guidance = cfg_ramp(cfg_scale, k, len(cfg.scales))
+
+    def masked_step(s, carry, k=k, x_k=x_k, stay_masked=stay_masked, guidance=guidance):
+      # One compiled body per scale (a fori_loop over its steps): XLA reuses its buffers step after step.
+      tok, at = carry
+      steps_k = schedule[k]
+      key_draw, key_conf = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, k), s))
+      logits = hmar.apply(hmar_params, both, x_k, k, jnp.concatenate([tok, tok]), codebook, method=HMAR.step)
+      logits = guided_logits(logits, guidance)  # [B, pn^2, V]
+      draw = sample(logits, key_draw, sampling)
+      masked = tok == hmar.mask_id
+      if steps_k == 1:
+        return jnp.where(masked, draw, tok), jnp.where(masked, s, at)
+      scored = logits if sampling.greedy else filtered_logits(logits, sampling)
+      conf = jnp.take_along_axis(jax.nn.log_softmax(scored, axis=-1), draw[..., None], axis=-1)[..., 0]
+      if choice_temperature > 0:
+        noise = choice_temperature * (1.0 - (s + 1) / steps_k)
+        conf = conf + noise * jax.random.gumbel(key_conf, conf.shape)
+      conf = jnp.where(masked, conf, -jnp.inf)
+      rank = jnp.argsort(jnp.argsort(-conf, axis=1), axis=1)
+      n_keep = jnp.sum(masked, axis=1) - jax.lax.dynamic_index_in_dim(stay_masked, s, 1, keepdims=False)  # [B]
+      keep = masked & ((rank < n_keep[:, None]) | (s == steps_k - 1))  # the last step keeps every draw
+      return jnp.where(keep, draw, tok), jnp.where(keep, s, at)
+
+    tok, at = jax.lax.fori_loop(0, schedule[k], masked_step, (tok, at))
+    tokens.append(tok)
+    revealed.append(at)
+    f_hat, nxt = vq.apply(vq_params, f_hat, tok.reshape(batch, pn, pn), k, method=MultiScaleVQVAE.next_input)
+    if nxt is not None:
+      x_k = jnp.concatenate([nxt, nxt], axis=0)  # both CFG halves continue from the guided sample
+  images = vq.apply(vq_params, f_hat, method=MultiScaleVQVAE.fhat_to_images)
+  return images, jnp.concatenate(tokens, axis=1), jnp.concatenate(revealed, axis=1)
+
+
+def inpainting_mask(scales, region: np.ndarray) -> np.ndarray:
+  """Pixel region [H, W] bool (True = to generate) -> [L] bool, True = known token: the token of a scale's
+  pn x pn map is known unless its cell overlaps the region."""
+  region = np.asarray(region, bool)
+  size = region.shape[0]
+  known = []
+  for pn in scales:
+    cell = np.zeros((pn, pn), bool)
+    for i in range(pn):
+      for j in range(pn):
+        rows = slice(i * size // pn, -(-(i + 1) * size // pn))
+        cols = slice(j * size // pn, -(-(j + 1) * size // pn))
+        cell[i, j] = not region[rows, cols].any()
+    known.append(cell.reshape(-1))
+  return np.concatenate(known)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "cfg_scale", "sampling"))

@@ -27,7 +27,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
 from hat_jax.kernels import tiling
-from hat_jax.kernels.masks import MaskSpec, element_mask
+from hat_jax.kernels.masks import MaskSpec, default_positions, element_mask
 from hat_jax.kernels.reference import check_qkv
 from hat_jax.kernels.sharded import kernel_platform
 
@@ -470,8 +470,9 @@ def block_attention(
   On a multi-device mesh call it through `hat_jax.kernels.attention(impl="pallas")`, which runs it per
   device under `jax.shard_map` (XLA cannot partition a Pallas call).
   Positions may be arbitrary int arrays: tile skipping then uses per-tile min/max at run time and the
-  grid spans every key tile (correct, less skipping). With default (arange) positions the grid extent
-  is a static bound from the mask, so cost is linear in length for a window or chunk mask.
+  grid spans every key tile (correct, less skipping). With default positions (arange, or the block ids
+  of `spec.blocks`) the grid extent is a static bound from the mask, so cost is linear in length for a
+  window or chunk mask, and follows the live scale pairs of a block layout (HMAR's Markovian mask).
   num_warps, num_stages: GPU (Triton) launch parameters; tools/bench_attention.py sweeps them.
   """
   check_qkv(q, k, v)
@@ -495,12 +496,11 @@ def block_attention(
         f"On TPU block_k ({bk}) must be a multiple of 128 (the lane width) or cover the whole key length.")
   tq_pad, tk_pad = tiling.round_up(tq, bq), tiling.round_up(tk, bk)
   default_pos = q_positions is None and kv_positions is None
+  # Omitted positions: arange, or the block ids of spec.blocks (a static scale layout).
   qp = tiling.pad_axis(
-      jnp.arange(tq, dtype=jnp.int32)[None].repeat(b, 0) if q_positions is None
-      else q_positions.astype(jnp.int32), tq_pad, 1)
+      default_positions(b, tq, spec) if q_positions is None else q_positions.astype(jnp.int32), tq_pad, 1)
   kp = tiling.pad_axis(
-      jnp.arange(tk, dtype=jnp.int32)[None].repeat(b, 0) if kv_positions is None
-      else kv_positions.astype(jnp.int32), tk_pad, 1)
+      default_positions(b, tk, spec) if kv_positions is None else kv_positions.astype(jnp.int32), tk_pad, 1)
   zeros = lambda n: jnp.zeros((b, n), jnp.int32)  # noqa: E731
   qs = tiling.pad_axis(zeros(tq) if q_segment_ids is None else q_segment_ids.astype(jnp.int32),
                        tq_pad, 1, tiling.Q_PAD_SEGMENT)

@@ -5,21 +5,68 @@ previous ceil((window-1)/B) blocks and its own for a window; only its own for a 
 multiple of the chunk). Those key blocks are gathered by static slicing, folded into the batch axis and
 handed to the dense oracle, so masking semantics (segments, fully masked rows -> 0) are inherited from
 `reference_attention` verbatim. Valid only for arange positions, which the caller must guarantee.
+
+A static block layout (`MaskSpec.blocks`, positions = block ids) is cut the same way along its blocks:
+each block's queries read only the key blocks its mask reaches (`layout_key_ranges`).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hat_jax.kernels import tiling
-from hat_jax.kernels.masks import MaskSpec
+from hat_jax.kernels.masks import MaskSpec, block_starts, element_mask, layout_positions
 from hat_jax.kernels.reference import check_qkv, reference_attention
 
 
 def blocked_supported(spec: MaskSpec, q, k, q_positions, kv_positions) -> bool:
-  """The blocked path applies to local masks on self-attention with default (arange) positions."""
-  return (spec.is_local and q_positions is None and kv_positions is None and q.shape[1] == k.shape[1])
+  """The blocked path applies to self-attention with default positions and a local mask (window or
+  chunk over arange) or a static block layout (`spec.blocks`: positions are the layout's block ids)."""
+  return ((spec.is_local or spec.blocks is not None) and q_positions is None and kv_positions is None
+          and q.shape[1] == k.shape[1])
+
+
+def layout_key_ranges(spec: MaskSpec) -> list[tuple[int, int]]:
+  """For each block of `spec.blocks`, the sequence range [start, stop) of the keys its mask can reach
+  (the blocks j with a live (block, j) pair; contiguous for causal / window / chunk rules on block ids).
+  A block that sees nothing gets (0, 0)."""
+  n = len(spec.blocks)
+  starts = block_starts(spec)
+  ids = np.arange(n)
+  live = element_mask(spec, ids[:, None], ids[None, :], xp=np)  # [n, n] over block ids
+  ranges = []
+  for b in range(n):
+    seen = np.flatnonzero(live[b])
+    if not len(seen):
+      ranges.append((0, 0))
+      continue
+    if seen[-1] - seen[0] + 1 != len(seen):
+      raise ValueError(f"Mask {spec}: block {b} sees the non-contiguous blocks {seen.tolist()}.")
+    ranges.append((int(starts[seen[0]]), int(starts[seen[-1] + 1])))
+  return ranges
+
+
+def _layout_attention(q, k, v, spec: MaskSpec, q_segment_ids, kv_segment_ids, scale):
+  """Block layout: each block's queries against the static key range its mask reaches (dense inside).
+  Cost sum_b n_b x |range_b|: for HMAR's block-diagonal mask sum_b n_b^2, for VAR's block-causal mask
+  sum_b n_b x (n_1 + ... + n_b), instead of (sum_b n_b)^2."""
+  b, t = q.shape[:2]
+  ids = jnp.asarray(layout_positions(spec, t))
+  starts = block_starts(spec)
+  outs = []
+  for blk, (lo, hi) in enumerate(layout_key_ranges(spec)):
+    qa, qb = int(starts[blk]), int(starts[blk + 1])
+    if lo == hi:
+      outs.append(jnp.zeros_like(q[:, qa:qb]))
+      continue
+    seg = lambda s, a, z: None if s is None else s[:, a:z]  # noqa: E731
+    outs.append(reference_attention(
+        q[:, qa:qb], k[:, lo:hi], v[:, lo:hi], spec, q_positions=jnp.broadcast_to(ids[qa:qb], (b, qb - qa)),
+        kv_positions=jnp.broadcast_to(ids[lo:hi], (b, hi - lo)), q_segment_ids=seg(q_segment_ids, qa, qb),
+        kv_segment_ids=seg(kv_segment_ids, lo, hi), scale=scale))
+  return jnp.concatenate(outs, axis=1)
 
 
 def block_size(spec: MaskSpec) -> tuple[int, int]:
@@ -45,10 +92,12 @@ def blocked_attention(
   check_qkv(q, k, v)
   if not blocked_supported(spec, q, k, None, None):
     raise ValueError(
-        f"blocked_attention needs a window or chunk mask and q_len == kv_len, got {spec} with "
-        f"q_len={q.shape[1]}, kv_len={k.shape[1]}; use reference_attention for other masks.")
+        f"blocked_attention needs a window or chunk mask or a block layout, and q_len == kv_len, got {spec} "
+        f"with q_len={q.shape[1]}, kv_len={k.shape[1]}; use reference_attention for other masks.")
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("Pass both q_segment_ids and kv_segment_ids, or neither.")
+  if spec.blocks is not None:
+    return _layout_attention(q, k, v, spec, q_segment_ids, kv_segment_ids, scale)
   b, t, h, d = q.shape
   block, n_kv_blocks = block_size(spec)
   t_pad = tiling.round_up(t, block)

@@ -64,10 +64,10 @@ def reference_attention(
   batch, q_len, num_heads, head_dim = q.shape
   kv_len, num_kv_heads = kv_len_heads(k, kv_layout)
   kv = "bkhd" if kv_layout == "bthd" else "bhkd"
-  if q_positions is None:
-    q_positions = default_positions(batch, q_len)
+  if q_positions is None:  # arange, or the block ids of spec.blocks
+    q_positions = default_positions(batch, q_len, spec)
   if kv_positions is None:
-    kv_positions = default_positions(batch, kv_len)
+    kv_positions = default_positions(batch, kv_len, spec)
   scale = head_dim**-0.5 if scale is None else scale
   groups = num_heads // num_kv_heads
   # [batch, q_len, kv_heads, groups, head_dim]: each kv head serves `groups` query heads.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import jax.numpy as jnp
 
-from hat_jax.kernels.masks import MaskSpec
+from hat_jax.kernels.masks import MaskSpec, layout_positions
 
 # Segment ids given to padded rows. Real segment ids are >= 0 (0 = padding by the models' convention,
 # which must still match other 0s), so these sentinels never match a real id nor each other.
@@ -123,15 +123,29 @@ def tile_ranges(xp, live):
   return lo, hi
 
 
+def static_positions(spec: MaskSpec, length: int, block: int) -> np.ndarray:
+  """[1, round_up(length, block)] the default positions (`masks.layout_positions`: arange, or block ids
+  of `spec.blocks`), padded with zeros (padding rows are invalid, their value unused)."""
+  ids = layout_positions(spec, length)
+  return np.pad(ids, (0, round_up(length, block) - length))[None]
+
+
+def static_live_tiles(spec: MaskSpec, q_len: int, kv_len: int, block_q: int, block_k: int) -> np.ndarray:
+  """[n_q_tiles, n_k_tiles] bool: the tile map of the default positions (static, numpy)."""
+  qp, kp = static_positions(spec, q_len, block_q), static_positions(spec, kv_len, block_k)
+  qi, ki = np.arange(qp.shape[1])[None], np.arange(kp.shape[1])[None]
+  return live_tiles(np, spec, qp, kp, None, None, qi < q_len, ki < kv_len, block_q, block_k)[0]
+
+
 def static_spans(spec: MaskSpec, q_len: int, kv_len: int, block_q: int, block_k: int) -> tuple[int, int]:
-  """Max number of key tiles per query tile and of query tiles per key tile, for arange positions.
+  """Max number of key tiles per query tile and of query tiles per key tile, for default positions
+  (arange, or the block ids of `spec.blocks`).
 
   Segment ids can only shrink these ranges, so they bound the runtime ranges whenever positions are the
-  defaults; that is what makes the kernel grid (and cost) linear in length for a fixed window.
+  defaults; that is what makes the kernel grid (and cost) linear in length for a fixed window, and
+  proportional to the live scale pairs for a block layout.
   """
-  qp = np.arange(round_up(q_len, block_q))[None]
-  kp = np.arange(round_up(kv_len, block_k))[None]
-  live = live_tiles(np, spec, qp, kp, None, None, qp < q_len, kp < kv_len, block_q, block_k)
+  live = static_live_tiles(spec, q_len, kv_len, block_q, block_k)[None]
   q_lo, q_hi = tile_ranges(np, live)
   k_lo, k_hi = tile_ranges(np, np.swapaxes(live, 1, 2))
   return max(int(np.max(q_hi - q_lo)), 1), max(int(np.max(k_hi - k_lo)), 1)

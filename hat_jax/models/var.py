@@ -104,7 +104,7 @@ class AdaLNBlock(Layer):
 
 class VAR(nn.Module):
   cfg: VARConfig
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
 
   def setup(self):
     cfg, d = self.cfg, self.cfg.stack.d_model
@@ -114,18 +114,26 @@ class VAR(nn.Module):
                                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
     self.lvl_embed = nn.Embed(len(cfg.scales), d, embedding_init=small_normal(d, (None, "embed")))
     self.pos_embed = self.param("pos_embed", small_normal(d, ("length", "embed")), (cfg.seq_len, d))
-    self.blocks = Stack(cfg.stack, BLOCK_CAUSAL, self.attention_impl, cfg.jnp_dtype, layer=AdaLNBlock)
+    mask, by_index = self.scale_mask()
+    self.blocks = Stack(cfg.stack, mask, self.attention_impl, cfg.jnp_dtype, layer=AdaLNBlock,
+                        mask_by_index=by_index)
     self.head_ada = AdaLin(2, dtype=cfg.jnp_dtype)
     self.head = lm_head(cfg.vocab_size, dtype=cfg.jnp_dtype, use_bias=True, init_scale=0.02)
+
+  def scale_mask(self) -> tuple[MaskSpec, bool]:
+    """(mask over scale ids, whether the full pass omits positions): VAR's block-causal mask with explicit
+    scale ids. HMAR (`hat_jax.models.hmar`) overrides it with its Markovian block layout."""
+    return BLOCK_CAUSAL, False
 
   def _check_labels(self, labels):
     if labels.ndim != 1:
       raise ValueError(f"labels must be [batch] class ids in [0, {self.cfg.num_classes}], got shape {labels.shape}.")
 
-  def _run(self, labels, x_in, first_scale: int, num_scales: int, caches):
+  def _run(self, labels, x_in, first_scale: int, num_scales: int, caches, extra=None):
     """Embed scales [first_scale, first_scale + num_scales) and run the blocks.
 
-    labels [B]; x_in [B, T', Cvae] f_hat-derived inputs of those scales (without the sos position).
+    labels [B]; x_in [B, T', Cvae] f_hat-derived inputs of those scales (without the sos position);
+    extra [B, T, D] or None: added to every position's input (HMAR's token / mask embeddings).
     Returns logits [B, T, V] and the updated caches.
     """
     cfg = self.cfg
@@ -142,7 +150,10 @@ class VAR(nn.Module):
       raise ValueError(f"VAR inputs for scales {cfg.scales[first_scale:first_scale + num_scales]} must have "
                        f"{span.stop - span.start} positions (sos + f_hat inputs), got {h.shape[1]}.")
     scale_ids = jnp.broadcast_to(cfg.scale_ids[span], h.shape[:2])
-    h = (h + self.lvl_embed(scale_ids) + self.pos_embed[span]).astype(cfg.jnp_dtype)
+    h = h + self.lvl_embed(scale_ids) + self.pos_embed[span]
+    if extra is not None:
+      h = h + extra
+    h = h.astype(cfg.jnp_dtype)
     cond = cond.astype(cfg.jnp_dtype)
     segment_ids = jnp.ones(h.shape[:2], jnp.int32)
     h, caches = self.blocks(h, positions=scale_ids, segment_ids=segment_ids, caches=caches, context=cond)

@@ -1,10 +1,10 @@
-"""Image tasks (`config.task` names in TASKS): the multi-scale VQ tokenizer, VAR, the Axial Transformer
-and the raster-order AR baseline, on MNIST (or synthetic images for tests and smoke runs).
+"""Image tasks (`config.task` names in TASKS): the multi-scale VQ tokenizer, VAR, HMAR, the Axial
+Transformer and the raster-order AR baseline, on MNIST (or synthetic images for tests and smoke runs).
 
 Each task builds its model, reads its data from `hat_jax.data.images` (images, batches, tokens), computes
 its loss and samples through `hat_jax.generate.images`.
 
-VAR and the raster AR over VQ tokens read a trained tokenizer: the params of the latest checkpoint of the
+VAR, HMAR and the raster AR over VQ tokens read a trained tokenizer: the params of the latest checkpoint of the
 VQVAE run in `config.tokenizer.workdir` (the `--workdir` of configs/vqvae.py), restored with the same
 orbax Checkpointer that wrote them. That run's saved config must have the model of `config.tokenizer.model`
 (checked on loading; aot compiling and the FLOP formulas read the shapes from there, without files). No
@@ -28,7 +28,9 @@ from hat_jax.data import images as image_data
 from hat_jax.data.iterators import Batch
 from hat_jax.generate import images as image_gen
 from hat_jax.generate.sampling import SamplingConfig
+from hat_jax.models import hmar as hmar_lib
 from hat_jax.models.axial import AxialConfig, AxialTransformer
+from hat_jax.models.hmar import HMAR
 from hat_jax.models.layers import StackConfig
 from hat_jax.models.raster_ar import RasterAR, RasterARConfig
 from hat_jax.models.var import VAR, VARConfig
@@ -126,7 +128,10 @@ class _TokenizedTask(_ImageTask):
   def _vq_shapes(self):
     c = self.vq_cfg
     images = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.uint8)
-    return nn.unbox(jax.eval_shape(lambda: self.vq.init(jax.random.key(0), images)))
+    # Shapes only: no sharding constraint (unboxing applies one when a mesh is in context, e.g. in evaluate).
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.LogicallyPartitioned) else x,
+                        jax.eval_shape(lambda: self.vq.init(jax.random.key(0), images)),
+                        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
   @property
   def vq_params(self):
@@ -228,6 +233,126 @@ class VARTask(_TokenizedTask):
     return f"wrote {self.write_grid(images, 'var_samples.png')} (rows: classes 0-9 repeated)"
 
 
+class HMARTask(VARTask):
+  """HMAR (`hat_jax.models.hmar`) on the same tokenizer, data and inputs as VAR.
+
+  Training batches: MaskGIT masks within every scale (`hmar.random_mask`, ratio from `model.full_mask_prob`).
+  Eval batches carry `eval_seed` (the test image's index), and the eval loss is the test NLL:
+    bits_per_image          all tokens of a scale masked: one step per scale, -log p(r_k | x~_{<k}) summed
+                            over the tokens (the exact NLL of the one-step sampler; same unit as VAR's)
+    bits_per_image_steps    the exact NLL of the random-order masked sampler with the schedule
+                            `sample.steps`: the tokens of scale k revealed in steps[k] groups in a random
+                            order (seeded per test image), each group given the earlier ones. The
+                            confidence-ordered sampler's order depends on the draws, so its NLL has no
+                            closed form; this is the same model under a fixed-order schedule.
+  """
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.model = HMAR(self.var_cfg, attention_impl=config.model.attention_impl)
+    self.full_mask_prob = float(config.model.get("full_mask_prob", 0.2))
+    if not 0.0 <= self.full_mask_prob <= 1.0:
+      raise ValueError(f"config.model.full_mask_prob must be in [0, 1], got {self.full_mask_prob}.")
+    self.schedule = hmar_lib.check_schedule(config.sample.get("steps", 1), self.var_cfg.scales)
+
+  def init_params(self, rng):
+    c = self.var_cfg
+    return self.model.init(rng, jnp.zeros((1,), jnp.int32), jnp.zeros((1, c.seq_len - 1, c.z_channels)),
+                           jnp.zeros((1, c.seq_len), jnp.int32), jnp.zeros((c.vocab_size, c.z_channels)))
+
+  @property
+  def codebook(self):
+    return self.vq.apply(self.vq_params, method=image_gen.tokenizer_codebook)
+
+  def eval_batches(self) -> Iterable[Batch]:
+    feats = dict(self.features("test"))
+    feats["eval_seed"] = np.arange(len(feats["labels"]), dtype=np.int32)
+    return image_data.whole_batches(feats, int(self.config.data.eval_batch_size))
+
+  def loss(self, params, batch, rng) -> tuple[jax.Array, Metrics]:
+    cfg, mask_id = self.var_cfg, self.var_cfg.vocab_size
+    tokens, labels = jnp.asarray(batch["tokens"]), jnp.asarray(batch["labels"])
+    x_in = self.vq.apply(self.vq_params, tokens, method=MultiScaleVQVAE.var_inputs)
+    apply = lambda token_in: self.model.apply(params, labels, x_in, token_in, self.codebook)  # noqa: E731
+    if "eval_seed" not in batch:  # training: random masks within every scale
+      masked = hmar_lib.random_mask(rng, cfg, tokens.shape[0], self.full_mask_prob)
+      return hmar_lib.masked_loss(apply(jnp.where(masked, mask_id, tokens)), tokens, masked, cfg)
+    pixels = self.vq_cfg.image_size ** 2 * self.vq_cfg.channels
+    loss, metrics = losses.image_token_metrics(apply(jnp.full_like(tokens, mask_id)), tokens, pixels,
+                                               cfg.scale_slice(len(cfg.scales) - 1))
+    # Random-order NLL with the schedule: at step s, ranks in [lo, hi) are predicted given ranks < lo.
+    seeds = jnp.asarray(batch["eval_seed"])
+    rank = jax.vmap(lambda s: hmar_lib.ranks_within_scales(jax.random.fold_in(rng, s), cfg, 1)[0])(seeds)
+    lo, hi = hmar_lib.schedule_step_bounds(cfg, self.schedule)
+    nll = jnp.zeros(tokens.shape, jnp.float32)
+    for s in range(lo.shape[0]):
+      step_nll = losses.token_nll(apply(jnp.where(rank < lo[s], tokens, mask_id)), tokens)
+      nll = nll + jnp.where((rank >= lo[s]) & (rank < hi[s]), step_nll, 0.0)
+    metrics["bits_per_image_steps"] = jnp.mean(jnp.sum(nll, axis=1)) / losses.LN2
+    return loss, metrics
+
+  def training_flops(self, batch=None, *, attention: str = "causal"):
+    """VAR's count with HMAR's pairs: block-diagonal over scales, sum_k pn_k^4, under both conventions (the
+    "xla" path cuts the static block layout into scales and computes exactly those pairs)."""
+    cfg = self.var_cfg
+    b, length = flops.batch_shape(batch, "tokens", (self.config.train.batch_size, cfg.seq_len))[:2]
+    if length != cfg.seq_len:
+      raise ValueError(f"HMAR tokens are [batch, {cfg.seq_len}] for scales {cfg.scales}, got length {length}.")
+    row = flops.var_forward_flops(cfg, attention=attention)
+    st = cfg.stack
+    var_pairs = flops.block_causal_pairs([pn * pn for pn in cfg.scales], attention=attention)
+    pairs = hmar_lib.attention_pairs(cfg.scales, 1)
+    row["blocks"] += st.num_layers * (pairs - var_pairs) * flops.layer_pair_flops(st)
+    row["embed"] += 2.0 * cfg.seq_len * st.d_model  # token / MASK embedding rows added
+    return flops.per_step(row, b)
+
+  def decode_steps(self, batch_size: int) -> dict[str, tuple]:
+    """"last_scale_step": one masked step of the last scale (its pn^2 positions alone, no cache), with the
+    classifier-free-guidance batch doubled."""
+    cfg, model, b = self.var_cfg, self.model, 2 * batch_size
+    k = len(cfg.scales) - 1
+    n = cfg.scales[k] ** 2
+
+    def last_scale_step(params, labels, x_k, token_k, codebook):
+      return model.apply(params, labels, x_k, k, token_k, codebook, method=HMAR.step)
+
+    return {"last_scale_step": (last_scale_step, (
+        jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((b, n, cfg.z_channels), jnp.float32),
+        jax.ShapeDtypeStruct((b, n), jnp.int32), jax.ShapeDtypeStruct((cfg.vocab_size, cfg.z_channels), jnp.float32)))}
+
+  def sample(self, params, labels, rng, **kwargs):
+    s = self.config.sample
+    return image_gen.sample_hmar(self.model, params, self.vq, self.vq_params, labels, rng,
+                                 steps=kwargs.pop("steps", self.schedule), cfg_scale=float(s.cfg_scale),
+                                 sampling=self.sampling(),
+                                 choice_temperature=kwargs.pop("choice_temperature", float(s.get("choice_temperature", 1.0))),
+                                 **kwargs)
+
+  def inpaint(self, params, rng, region: np.ndarray, count: int):
+    """The first `count` test images with `region` [H, W] (True = generate) regenerated under their own
+    labels -> (originals uint8 [count, H, W], masked views, inpainted images)."""
+    images = image_data.load_images(self.config.data, "test")[0][:count]
+    feats = self.features("test")  # tokens of the same images, in the same order
+    labels, tokens = jnp.asarray(feats["labels"][:count]), jnp.asarray(feats["tokens"][:count])
+    known = jnp.broadcast_to(jnp.asarray(image_gen.inpainting_mask(self.var_cfg.scales, region)), tokens.shape)
+    out, _, _ = self.sample(params, labels, rng, known_tokens=tokens, known_mask=known)
+    shown = np.where(np.asarray(region)[None], 96, images).astype(np.uint8)  # the region in grey
+    return images, shown, np.asarray(out)[..., 0]
+
+  def generate(self, params, rng) -> str:
+    images, _, _ = self.sample(params, self.sample_labels(), rng)
+    grid = self.write_grid(images, "hmar_samples.png")
+    size = self.vq_cfg.image_size
+    region = np.zeros((size, size), bool)
+    region[size // 2:] = True  # the lower half is regenerated
+    originals, shown, filled = self.inpaint(params, jax.random.fold_in(rng, 1), region, 10)
+    rows = np.concatenate([originals, shown, filled])
+    path = os.path.join(self.config.sample.output_dir, "hmar_inpainting.png")
+    image_gen.write_png(path, image_gen.image_grid(rows, rows=3))
+    return (f"wrote {grid} (rows: classes 0-9 repeated; schedule {self.schedule}) and {path} (rows: test images, "
+            f"lower half removed, lower half regenerated)")
+
+
 class RasterARTask(_TokenizedTask):
   """`model.tokens="vq"`: the VAR tokens flattened coarse to fine; `"pixels"`: the raw 16x16 pixels."""
 
@@ -293,4 +418,5 @@ class AxialTask(_ImageTask):
     return f"wrote {self.write_grid(images, 'axial_samples.png')} (rows: classes 0-9 repeated)"
 
 
-TASKS: dict[str, type[Task]] = {"vqvae": VQVAETask, "var": VARTask, "axial": AxialTask, "raster_ar": RasterARTask}
+TASKS: dict[str, type[Task]] = {"vqvae": VQVAETask, "var": VARTask, "hmar": HMARTask, "axial": AxialTask,
+                                "raster_ar": RasterARTask}

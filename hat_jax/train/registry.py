@@ -14,6 +14,7 @@ _TASKS = {
     "vanilla_lm": ("hat_jax.train.block_tasks", "TASKS"),
     "vqvae": ("hat_jax.train.image_tasks", "TASKS"),
     "var": ("hat_jax.train.image_tasks", "TASKS"),
+    "hmar": ("hat_jax.train.image_tasks", "TASKS"),
     "axial": ("hat_jax.train.image_tasks", "TASKS"),
     "raster_ar": ("hat_jax.train.image_tasks", "TASKS"),
 }

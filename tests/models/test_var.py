@@ -14,14 +14,20 @@ STACK = StackConfig(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_
 CFG = VARConfig(STACK, scales=VQ.scales, vocab_size=VQ.vocab_size, z_channels=VQ.z_channels, num_classes=10)
 
 
-@pytest.fixture(scope="module")
-def setup():
+def tokenized_images():
+  """A random tokenizer's (vq, vq_params, images, scale tokens, VAR inputs) for two 8x8 images."""
   vq = MultiScaleVQVAE(VQ)
   images = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
   # jitted: eager init/apply of the conv tokenizer dispatches op by op and takes tens of seconds
   vq_params = jax.jit(vq.init)(jax.random.key(0), images)
   tokens = jax.jit(lambda p, x: vq.apply(p, x, method=MultiScaleVQVAE.encode))(vq_params, images)
   x_in = jax.jit(lambda p, t: vq.apply(p, t, method=MultiScaleVQVAE.var_inputs))(vq_params, tokens)
+  return vq, vq_params, images, tokens, x_in
+
+
+@pytest.fixture(scope="module")
+def setup():
+  vq, vq_params, images, tokens, x_in = tokenized_images()
   model = VAR(CFG)
   labels = jnp.array([3, 7])
   params = jax.jit(model.init)(jax.random.key(1), labels, x_in)
