@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = train_block(steps, batch, lr)
   config.model = ml_collections.ConfigDict(dict(
       d_model=d, num_heads=d // head_dim, head_dim=head_dim, mlp_dim=4 * d, num_outer_layers=outer,
-      num_inner_layers=inner, levels=256, channels=1, num_classes=10, attention_impl="xla"))
+      num_inner_layers=inner, levels=256, channels=1, num_classes=10, attention_impl="auto"))
   config.data = image_data("synthetic" if arg.size == "tiny" else "mnist", batch)
   config.sample = sample_block(f"runs/axial_{arg.size}")
   return config

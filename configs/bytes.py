@@ -17,5 +17,5 @@ def get_config(arg: str | None = None):
   backbone = config.model.backbone
   backbone.window = None
   config.task = "bytes"
-  config.model = dict(stack=backbone, vocab_size=256, mask_by_index=True, attention_impl="xla", dtype="float32")
+  config.model = dict(stack=backbone, vocab_size=256, mask_by_index=True, attention_impl="auto", dtype="float32")
   return config

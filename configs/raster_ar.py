@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base_config("raster_ar", seed=arg.seed)
   config.train = train_block(steps, batch, lr)
   config.model = ml_collections.ConfigDict(dict(stack=stack(d, layers, head_dim), tokens=arg.tokens,
-                                                attention_impl="xla", cond_drop=0.1))
+                                                attention_impl="auto", cond_drop=0.1))
   config.tokenizer = tokenizer(arg.size)
   config.data = image_data("synthetic" if arg.size == "tiny" else "mnist", batch)
   config.sample = sample_block(f"runs/raster_ar_{arg.size}", cfg_scale=2.0)

@@ -73,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=steps, batch_size=batch, learning_rate=lr, warmup_steps=max(1, steps // 20),
       log_every=max(1, steps // 20), eval_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2))
   config.model = ml_collections.ConfigDict(dict(decoder=stack(d, layers, head_dim), vocab_size=256, pad_row=True,
-                                                vocab_pad_to_multiple=8, attention_impl="xla", dtype="float32"))
+                                                vocab_pad_to_multiple=8, attention_impl="auto", dtype="float32"))
   config.data = byte_data(seq_len, batch, 8 if arg.size == "tiny" else 256, random_pad=False)
   config.sample = ml_collections.ConfigDict(dict(prompt="The ", num_bytes=64, temperature=0.8, top_k=0, top_p=1.0))
   return config

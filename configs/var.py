@@ -90,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = train_block(steps, batch, lr)
   model_stack = stack(d, layers, head_dim)
   model_stack.qk_norm = True
-  config.model = ml_collections.ConfigDict(dict(stack=model_stack, attention_impl="xla", cond_drop=0.1,
+  config.model = ml_collections.ConfigDict(dict(stack=model_stack, attention_impl="auto", cond_drop=0.1,
                                                 dtype="float32"))
   config.tokenizer = tokenizer(arg.size)
   config.data = image_data("synthetic" if arg.size == "tiny" else "mnist", batch)

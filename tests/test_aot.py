@@ -65,6 +65,18 @@ def test_paper_and_released_hat_block_transformer_and_var_compile_with_mosaic_ke
     _assert_compiled_with_kernels(report, ("train",) + decode)
 
 
+def test_auto_attention_compiles_with_splash_on_v5e_4x4(monkeypatch):
+  """attention_impl="auto" for a TPU mesh: splash attention (segment ids, padded lengths) under shard_map."""
+  from hat_jax.kernels import auto
+  monkeypatch.setattr(auto, "_CHOICES", {})
+  config = hat.get_config("test,corpus=toy")
+  config.model.attention_impl = "auto"
+  config.mesh.data, config.mesh.tensor, config.mesh.indivisible = 4, 4, "replicate"
+  report = aot.run(config, "v5e:4x4", batch_size=16, decode=False)
+  _assert_compiled_with_kernels(report)
+  assert {c.impl for c in auto.choices().values()} == {"splash"}, auto.choices()
+
+
 def test_multi_slice_mesh_compiles():
   """Two v5e:2x2 slices (DCN between them), data parallel across slices: the hybrid mesh and the
   per-device kernels compile."""

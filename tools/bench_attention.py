@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hat_jax.kernels import MaskSpec, attention, block_attention, reference_attention
+from hat_jax.kernels import MaskSpec, attention, auto, block_attention, reference_attention
 from hat_jax.kernels.masks import element_mask
 from hat_jax.timing import wall_times
 
@@ -76,12 +76,17 @@ def _fwd_bwd(fn):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def _impls(spec: MaskSpec, backend: str, kernel_configs: list[dict], dense_ok: bool):
+def _impls(spec: MaskSpec, backend: str, kernel_configs: list[dict], dense_ok: bool, q: jax.Array):
   """name -> fn(q, k, v) for the current backend; dense (T x T) programs only where they fit."""
   impls = {}
   if dense_ok:
     impls["dense reference"] = lambda q, k, v: reference_attention(q, k, v, spec)
-  impls["xla blocked (ours)"] = lambda q, k, v: attention(q, k, v, spec, impl="xla")
+  if dense_ok or spec.is_local:  # impl="xla" is dense (T x T) for a global mask
+    impls["xla blocked (ours)"] = lambda q, k, v: attention(q, k, v, spec, impl="xla")
+  if backend in ("gpu", "tpu"):  # what attention_impl="auto" (the default) runs for this mask
+    choice = auto.choose(backend, spec, q_len=q.shape[1], kv_len=q.shape[1], head_dim=q.shape[-1], dtype=q.dtype,
+                         explicit_positions=False, segments=False)
+    impls[f"auto (= {choice.impl})"] = lambda q, k, v: attention(q, k, v, spec, impl="auto")
   if backend in ("gpu", "tpu"):
     for kc in kernel_configs or [{}]:
       name = "pallas (ours)" + ("" if not kc else " {block_q}x{block_k} w{num_warps} s{num_stages}".format(**kc))
@@ -189,7 +194,7 @@ def main(argv=None):
       v = jax.random.normal(keys[2], (batch, length, kv_heads, head_dim), dtype)
       for mode, backward in modes:
         times = {}
-        for name, fn in _impls(spec, backend, kernel_configs, dense_ok).items():
+        for name, fn in _impls(spec, backend, kernel_configs, dense_ok, q).items():
           compiled = _fwd_bwd(fn) if backward else jax.jit(fn)
           try:
             times[name] = statistics.median(wall_times(compiled, q, k, v, repeats=args.reps))

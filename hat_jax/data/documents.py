@@ -42,7 +42,7 @@ def load_documents(data_cfg, split: str) -> Sequence[bytes]:
   """Documents of `split` ("train" or "validation") of `data_cfg.corpus`; lazy for TFDS corpora."""
   corpus = data_cfg.corpus
   if corpus == "toy":
-    return toy_documents(split)
+    return toy_documents(split, data_cfg.get("toy_docs", 64))
   if is_tfds(corpus):
     from hat_jax.data import tfds_source  # imported lazily: tensorflow_datasets is a heavy, optional import
 

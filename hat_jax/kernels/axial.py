@@ -11,6 +11,7 @@ Implementations (`impl`):
                of the 5-D tensor in place through its BlockSpec (a strided block, no HBM transpose).
                TPU: Mosaic blocks need their last two dims (sublane, lane) aligned, which a strided
                line of a [.., W, heads, d] array is not, so it folds like "xla" and runs the block kernel.
+  "auto"       folds like "xla", then `attention(impl="auto")`: cuDNN / splash where they have the mask.
 An axis is short (an image side), so one program holds a whole line: a single [L, L] tile per head,
 plain (not online) softmax, and the backward pass recomputes the probabilities.
 """
@@ -28,7 +29,7 @@ from hat_jax.kernels.block_attention import dot_f32, gpu_compiler_params
 from hat_jax.kernels.masks import MaskSpec
 from hat_jax.kernels.sharded import kernel_platform, shard_map_kernel
 
-AXIAL_IMPLS = ("xla", "pallas", "reference")
+AXIAL_IMPLS = ("auto", "xla", "pallas", "reference")
 
 
 def _check(x_q, k, v, axis):

@@ -71,7 +71,7 @@ class AxialAttention(nn.Module):
   head_dim: int
   axis: int
   masked: bool
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -93,7 +93,7 @@ class AxialBlock(nn.Module):
   cfg: AxialConfig
   axis: str
   masked: bool
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):  # [B, R, W, D] -> same
@@ -105,7 +105,7 @@ class AxialBlock(nn.Module):
 
 class AxialTransformer(nn.Module):
   cfg: AxialConfig
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
 
   def setup(self):
     cfg, d = self.cfg, self.cfg.d_model

@@ -67,7 +67,7 @@ class BlockTransformerConfig(TokenVocab):
   # Input tables get round_up(vocab_size + 1, this) rows. 1 keeps 257 rows (older params load
   # unchanged); the configs use 8, which tensor-parallel sizes 2, 4 and 8 divide.
   vocab_pad_to_multiple: int = 1
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   dtype: str = "float32"  # compute dtype ("bfloat16" with float32 params = mixed precision)
   # Always: `pad_id = vocab_size` pads blocks (first-block, end-of-document and prompt padding) and is the
   # start token of the summation / cross-attention token decoders. Not a field (nothing to configure).

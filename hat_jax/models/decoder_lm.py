@@ -14,7 +14,7 @@ configuration (`DecoderLMConfig`):
                          lets the kernels see a static mask and skip tiles. Only for rows whose positions
                          rise by one within each segment (packed byte / BPE rows); `layers.Attention`.
   decoder.window         sliding-window attention (None: full causal); any `StackConfig` field.
-  attention_impl, dtype  the attention kernel ("xla" | "pallas") and the compute dtype.
+  attention_impl, dtype  the attention kernel ("auto" | "xla" | "pallas") and the compute dtype.
 
 Params: embed/embedding, decoder/..., final_norm/scale, head/kernel. Generation with KV caches:
 `hat_jax.generate.block_engine.decoder_lm_generate` (one jitted `while_loop`).
@@ -42,7 +42,7 @@ class DecoderLMConfig(TokenVocab):
   pad_row: bool = False
   vocab_pad_to_multiple: int = 1  # 1 keeps vocab_size (+ 1) rows
   mask_by_index: bool = False
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   dtype: str = "float32"  # compute dtype ("bfloat16" with float32 params = mixed precision)
 
   def __post_init__(self):

@@ -58,7 +58,7 @@ class HATConfig:
   max_word_bytes: int
   variant: str = "tfree"
   pool_heads: int = 4
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   dtype: str = "float32"
   # variant="released" only (the released encoder connector and decoder cross-attention configs):
   pool_kv_heads: int = 0  # 0: pool_heads

@@ -252,7 +252,7 @@ class Attention(nn.Module):
   rope_theta: float | None = 10_000.0  # None disables RoPE (e.g. pooling queries)
   rope_scaling: tuple | None = None  # see StackConfig.rope_scaling
   qk_norm: bool = False
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   out_features: int | None = None
@@ -301,7 +301,7 @@ class Attention(nn.Module):
       by_index = self.mask_by_index and x_kv is None and self.mask.chunk is None
       out = attention(q, k, v, self.mask, impl=self.attention_impl,
                       q_positions=None if by_index else positions, kv_positions=None if by_index else kv_positions,
-                      q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)
+                      q_segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, site="/".join(self.scope.path))
     out = DenseND((self.out_features or x.shape[-1],), ("heads", "head_dim", "embed"), in_dims=2, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="o_proj")(out)
     return out, cache
@@ -335,7 +335,7 @@ class Layer(nn.Module):
 
   cfg: StackConfig
   mask: MaskSpec
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   mask_by_index: bool = False  # see Attention.mask_by_index
@@ -382,7 +382,7 @@ class Stack(nn.Module):
 
   cfg: StackConfig
   mask: MaskSpec
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   mask_by_index: bool = False  # see Attention.mask_by_index

@@ -32,7 +32,7 @@ class RasterARConfig:
 
 class RasterAR(nn.Module):
   cfg: RasterARConfig
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
 
   def setup(self):
     cfg, d = self.cfg, self.cfg.stack.d_model

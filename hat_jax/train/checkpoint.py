@@ -125,7 +125,10 @@ class _LazyArrayHandler(ocp.type_handlers.NumpyHandler):
   """Writes `LazyArray`s one after another (each loaded, written, dropped); stored as numpy arrays."""
 
   def __init__(self):
-    super().__init__(deepcopy_host_arrays=False)
+    try:
+      super().__init__(deepcopy_host_arrays=False)  # no copy of the array load() has just made
+    except TypeError:  # older orbax (e.g. the GPU image's) has no such option and never copies
+      super().__init__()
 
   async def _background_serialize(self, values, infos, args=None):
     for value, info, arg in zip(values, infos, args):

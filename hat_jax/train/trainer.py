@@ -43,6 +43,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hat_jax import distributed, sharding
+from hat_jax.kernels import auto as auto_attention
 from hat_jax.train import checkpoint as ckpt_lib
 from hat_jax.train import flops as flops_lib
 from hat_jax.train import metrics as metrics_lib
@@ -172,6 +173,8 @@ def _compile_train_step(run: Run, state: State, global_batch, writer: metrics_li
     line += (f"; {analytic / 1e9:.3f} GFLOPs/step analytic (model); "
              f"{flops_lib.describe_peak(jax.devices()[0].device_kind)}")
   writer.print(line)
+  for choice_line in auto_attention.format_choices(auto_attention.choices()):  # what attention_impl="auto" chose
+    writer.print(choice_line)
   return compiled, {"per_device": per_device, "peak": peak[0] if peak else None, "analytic": analytic}
 
 

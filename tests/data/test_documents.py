@@ -17,6 +17,10 @@ def test_toy_documents_are_deterministic_and_split():
   assert len(train) == 64 and all(isinstance(d, bytes) and d for d in train)
   assert train == documents.toy_documents("train")
   assert documents.load_documents(data_config("toy"), "validation") != train
+  more = data_config("toy")
+  more.toy_docs = 200  # data.toy_docs: a bigger toy corpus, its first 64 documents unchanged
+  bigger = documents.load_documents(more, "train")
+  assert len(bigger) == 200 and bigger[:64] == train
 
 
 def test_corpus_routing_errors():

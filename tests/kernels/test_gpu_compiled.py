@@ -18,7 +18,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from hat_jax.kernels import MaskSpec, axial_reference, block_attention, reference_attention
+from hat_jax.kernels import MaskSpec, attention, auto, axial_reference, block_attention, reference_attention
 from hat_jax.kernels.axial import axial_pallas
 from tests.kernels.test_attention import _case, _qkv
 
@@ -89,3 +89,19 @@ def test_axial_in_place(axis, causal, dtype, hk):
       q, k, v, do)
   want = _on_cpu_f32(lambda q, k, v: axial_reference(q, k, v, axis, causal), q, k, v, do)
   _assert_all_close(got, want, dtype)
+
+
+# ------------------------------------------------------------------ attention_impl="auto": cuDNN
+
+
+@pytest.mark.parametrize("spec", [MaskSpec(), MaskSpec(window=48), MaskSpec(causal=False)])
+def test_auto_cudnn_equals_reference(spec):
+  """auto on a GPU runs cuDNN for these masks in bf16 without segment ids."""
+  t = 256
+  q, k, v, do = _qkv(2, t, t, 8, 2, 64, jnp.bfloat16)
+  choice = auto.choose("gpu", spec, q_len=t, kv_len=t, head_dim=64, dtype=jnp.bfloat16, explicit_positions=False,
+                       segments=False)
+  assert choice.impl == "cudnn"
+  got = jax.jit(lambda *a: _vjp(lambda q, k, v: attention(q, k, v, spec, impl="auto"), *a))(q, k, v, do)
+  want = _on_cpu_f32(functools.partial(reference_attention, spec=spec), q, k, v, do)
+  _assert_all_close(got, want, jnp.bfloat16)
