@@ -33,9 +33,16 @@ def stack(d_model: int, num_layers: int, head_dim: int, window: int | None) -> m
 def data_config(seq_bytes: int, seq_words: int, batch: int, corpus: str, split_rule: str,
                 max_word_bytes: int = 24) -> ml_collections.ConfigDict:
   """`corpus`: "toy", a prepared corpus name, or "tfds:<name>" (streamed from `tfds_data_dir`, which may be
-  gs://; `text_key` is the text feature; the tfds_*_split strings are TFDS split specs such as "train[:90%]")."""
+  gs://; `text_key` is the text feature; the tfds_*_split strings are TFDS split specs such as "train[:90%]").
+  `toy_docs`: how many documents the built-in "toy" corpus draws per split (more for full rows of long
+  sequences, e.g. a throughput run of a paper-scale config without prepared data).
+
+  `bos`: frame each document as `[BOS] text [EOD]` (True, how this project trains) or `text [EOD]` (False:
+  the released TFree-HAT models were trained without a BOS byte, their `_prepare_input` feeds the raw text).
+  It sets the framing of training rows, prompts (samplers) and scored texts alike; `python -m hat_jax.convert
+  from-hf` writes False, next to the released splitter's `special_tokens` (not set here: none by default)."""
   return ml_collections.ConfigDict(dict(
-      corpus=corpus, cache_dir="", split_rule=split_rule, max_word_bytes=max_word_bytes,
+      corpus=corpus, cache_dir="", toy_docs=64, split_rule=split_rule, max_word_bytes=max_word_bytes, bos=True,
       seq_bytes=seq_bytes, seq_words=seq_words, eval_batch_size=batch, eval_batches=8,
       tfds_data_dir="", text_key="text", tfds_train_split="train", tfds_eval_split="validation"))
 
@@ -43,7 +50,8 @@ def data_config(seq_bytes: int, seq_words: int, batch: int, corpus: str, split_r
 def sample_config(max_new_bytes: int = 200) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       prompt="It was a dark and stormy night; ", max_new_bytes=max_new_bytes, temperature=0.7, top_k=0,
-      top_p=1.0, num_samples=2))
+      top_p=1.0, num_samples=2,
+      engine="device"))  # HAT: "device" (hat_jax/generate/hat_engine.py) or "host" (the per-byte hat_sampler.py)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -57,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       variant=arg.variant, encoder=stack(d, enc_layers, head_dim, window),
       backbone=stack(bd, b_layers, head_dim, None), decoder=stack(d, dec_layers, head_dim, window),
-      pool_heads=4, attention_impl="xla", dtype="float32"))
+      pool_heads=4, attention_impl="auto", dtype="float32"))
   config.data = data_config(seq_bytes, seq_words, batch, arg.corpus, arg.split_rule)
   config.sample = sample_config(64 if arg.size == "test" else 300)
   return config

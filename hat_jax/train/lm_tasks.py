@@ -18,7 +18,7 @@ import numpy as np
 from hat_jax import losses
 from hat_jax.data import documents, pipeline, streaming
 from hat_jax.data.batching import stack_rows
-from hat_jax.data.splitter import BOS, EOD, VOCAB_SIZE, WordSplitter
+from hat_jax.data.splitter import EOD, VOCAB_SIZE, WordSplitter
 from hat_jax.generate.sampling import SamplingConfig
 from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.hat import HATConfig, build_hat
@@ -35,6 +35,7 @@ class ByteLMTask(Task):
     super().__init__(config)
     d = config.data
     self.splitter = WordSplitter(d.split_rule, d.max_word_bytes, d.get("special_tokens"))
+    self.bos = bool(d.get("bos", True))  # `[BOS] doc [EOD]` or `doc [EOD]` (configs/hat.py: data_config)
     if d.seq_bytes < d.max_word_bytes:
       raise ValueError(f"data.seq_bytes ({d.seq_bytes}) must be >= data.max_word_bytes ({d.max_word_bytes}).")
 
@@ -54,14 +55,14 @@ class ByteLMTask(Task):
   def rows(self, split: str) -> pipeline.PackedRows:
     d = self.config.data
     stream = pipeline.cached_stream(documents.load_documents(d, split), self.splitter, self._cache_dir,
-                                    f"{d.corpus}-{split}")
+                                    f"{d.corpus}-{split}", bos=self.bos)
     return pipeline.PackedRows(stream, d.seq_bytes, d.seq_words)
 
   def train_iterator(self, seed, process_index=0, process_count=1):
     d, batch_size = self.config.data, self.config.train.batch_size
     if self._streaming:
       return streaming.train_iterator(documents.load_documents(d, "train"), self.splitter, d.seq_bytes, d.seq_words,
-                                      batch_size, seed, process_index, process_count)
+                                      batch_size, seed, process_index, process_count, bos=self.bos)
     return pipeline.train_iterator(self.rows("train"), batch_size, seed, process_index, process_count)
 
   @functools.lru_cache(maxsize=1)
@@ -69,7 +70,7 @@ class ByteLMTask(Task):
     d = self.config.data
     if self._streaming:
       return streaming.eval_batches(documents.load_documents(d, "validation"), self.splitter, d.seq_bytes, d.seq_words,
-                                    d.eval_batch_size, d.eval_batches)
+                                    d.eval_batch_size, d.eval_batches, bos=self.bos)
     return pipeline.eval_batches(self.rows("validation"), d.eval_batch_size, d.eval_batches)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -208,15 +209,24 @@ class HATTask(ByteLMTask):
                             caches["backbone"]))}
 
   def generate(self, params, rng) -> str:
+    """`config.sample.engine`: "device" (default; `hat_jax.generate.hat_engine`, the byte loop on the device)
+    or "host" (`hat_jax.generate.hat_sampler`, a Python loop per byte); both give the same samples."""
+    from hat_jax.generate.hat_engine import HATEngine, PaperHATEngine
     from hat_jax.generate.hat_sampler import HATSampler, PaperHATSampler
 
     s = self.config.sample
+    engine = s.get("engine", "device")
+    if engine not in ("device", "host"):
+      raise ValueError(f"config.sample.engine must be 'device' or 'host', got {engine!r}.")
     prompt = s.prompt.encode()
     if self.model_cfg.variant == "paper":
-      sampler = PaperHATSampler(self.model_cfg, params, self.splitter,
-                                max_total_words=len(prompt) + s.max_new_bytes + 2)
+      cls = PaperHATEngine if engine == "device" else PaperHATSampler
+      sampler = cls(self.model_cfg, params, self.splitter, max_total_words=len(prompt) + s.max_new_bytes + 2,
+                    bos=self.bos)
     else:
-      sampler = HATSampler(self.model_cfg, params, self.splitter, max_total_bytes=len(prompt) + s.max_new_bytes + 1)
+      cls = HATEngine if engine == "device" else HATSampler
+      sampler = cls(self.model_cfg, params, self.splitter, max_total_bytes=len(prompt) + s.max_new_bytes + 1,
+                    bos=self.bos)
     gens = sampler.generate([prompt] * s.num_samples, s.max_new_bytes, rng, self.sampling_config())
     return "\n---\n".join(s.prompt + g.text for g in gens)
 
@@ -260,11 +270,13 @@ class BytesTask(ByteLMTask):
     return decoder_lm_steps(self.model_cfg, batch_size, int(self.config.data.seq_bytes))
 
   def generate(self, params, rng) -> str:
-    """`num_samples` continuations of BOS + prompt, each up to `max_new_bytes` or its EOD."""
+    """`num_samples` continuations of BOS + prompt (the prompt alone with data.bos=False), each up to
+    `max_new_bytes` or its EOD."""
     from hat_jax.generate.block_engine import continue_prompts
 
     s = self.config.sample
-    outs = continue_prompts(self.model_cfg, params, [bytes([BOS]) + s.prompt.encode()] * s.num_samples, rng,
+    start = pipeline.document_start(s.prompt.encode(), self.bos)
+    outs = continue_prompts(self.model_cfg, params, [start] * s.num_samples, rng,
                             num_new=int(s.max_new_bytes), sampling=self.sampling_config(), eos_id=EOD)
     return "\n---\n".join(s.prompt + bytes(o.astype(np.uint8)).decode("utf-8", errors="replace") for o in outs)
 
