@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -45,19 +44,6 @@ from hat_jax.train import metrics as metrics_lib
 from hat_jax.train import trainer
 
 VAR256_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-
-
-def time_calls(fns: dict, repeats: int) -> dict[str, float]:
-  """Median seconds per call of each fn(), round-robin, after one warm-up call each."""
-  for fn in fns.values():
-    jax.block_until_ready(fn())
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - t0)
-  return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def compiled_stats(fn, *args) -> dict[str, float]:
@@ -155,8 +141,8 @@ def main():
   grad_fns = {name: jax.jit(jax.value_and_grad(lambda prm, b, r, t=t: t.loss(prm, b, r)[0]))
               for name, t in (("var", vt), ("hmar", ht))}
   step_args = {"var": var_params, "hmar": hmar_params}
-  step_seconds = time_calls({name: (lambda n=name: grad_fns[n](step_args[n], batch, jax.random.key(0)))
-                             for name in grad_fns}, args.repeats)
+  step_seconds, _ = time_samplers({name: (lambda _key, n=name: grad_fns[n](step_args[n], batch, jax.random.key(0)))
+                                   for name in grad_fns}, args.repeats)
   for name, sec in step_seconds.items():
     results[name]["train_step_seconds"] = sec
     results[name]["train_step_xla_flops"] = compiled_stats(

@@ -71,14 +71,10 @@ def encode_documents(docs: Sequence[bytes], splitter: WordSplitter, first_index:
   pieces, lengths, starts = [], [], []
   for i, doc in enumerate(docs, first_index):
     check_document(doc, i)
-    text = bytes(doc)
-    if splitter.special_tokens:  # a special token's text (e.g. "<|eot_id|>") is one byte to the model
-      text_words = splitter.split(text)
-      text = b"".join(text_words)
-      words = [1] * len(head) + [len(w) for w in text_words] + [1]
-    else:
-      words = [1] * len(head) + splitter.word_lengths(text) + [1]
-    pieces += [*head, text, bytes([EOD])]
+    text_words = splitter.split(bytes(doc))
+    words = [1] * len(head) + [len(w) for w in text_words] + [1]
+    # The words joined, not the document: a special token's text (e.g. "<|eot_id|>") is one byte to the model.
+    pieces += [*head, *text_words, bytes([EOD])]
     lengths += words
     starts += [True] + [False] * (len(words) - 1)  # the document's first word (BOS, or the text's, or EOD)
   return Stream(np.frombuffer(b"".join(pieces), np.uint8), np.asarray(lengths, np.int32), np.asarray(starts, bool))

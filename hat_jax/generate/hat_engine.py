@@ -41,7 +41,8 @@ import numpy as np
 
 from hat_jax.data.splitter import END_OF_WORD, EOD, WordSplitter
 from hat_jax.generate import word_table as wt
-from hat_jax.generate.hat_sampler import Generation, _check_sampler_inputs, prompt_words
+from hat_jax.generate.hat_sampler import (Generation, _check_sampler_inputs, framed_prompts, paper_prompts,
+                                          word_arrays)
 from hat_jax.generate.sampling import SamplingConfig, filtered_logits, sample
 from hat_jax.models.hat import HAT, HATConfig, PaperHAT, empty_caches
 from hat_jax.models.layers import crop_caches, empty_caches as stack_caches
@@ -304,16 +305,9 @@ class HATEngine:
     cfg, params, splitter, table = self.cfg, self.params, self.splitter, self.table
     m = cfg.max_word_bytes
     batch = len(prompts)
-    if batch == 0:
-      raise ValueError("generate needs at least one prompt.")
     if max_new_bytes < 1:
       raise ValueError(f"max_new_bytes must be >= 1, got {max_new_bytes}.")
-    words = [prompt_words(splitter, p, self.bos) for p in prompts]
-    seqs = [b"".join(w) for w in words]
-    total = max(len(s) for s in seqs) + max_new_bytes
-    if total > self.max_total:
-      raise ValueError(f"prompt + max_new_bytes = {total} bytes exceeds max_total_bytes={self.max_total}; "
-                       "shorten the prompt or raise max_total_bytes.")
+    words, seqs, total = framed_prompts(splitter, prompts, self.bos, max_new_bytes, self.max_total)
     complete = [w[:-1] for w in words]
     size = total  # one compiled program per (batch, total)
     pad = size + m + 1
@@ -469,25 +463,15 @@ class PaperHATEngine:
   def generate(self, prompts: Sequence[bytes], max_new_bytes: int, rng: jax.Array,
                sampling: SamplingConfig = SamplingConfig(), stop_at_eod: bool = True) -> list[Generation]:
     m = self.cfg.max_word_bytes
-    if not prompts:
-      raise ValueError("generate needs at least one prompt.")
-    words = [prompt_words(self.splitter, p, self.bos) for p in prompts]
-    complete = [w[:-1] if len(w) > 1 else w for w in words]  # as PaperHATSampler: a first word never goes on
-    current = [w[-1] if len(w) > 1 else b"" for w in words]
+    complete, current = paper_prompts(self.splitter, prompts, self.bos, max_new_bytes, self.max_words)
     size = max(len(c) for c in complete) + max_new_bytes + 1
-    if size > self.max_words:
-      raise ValueError(f"prompt words + max_new_bytes exceed max_total_words={self.max_words}; raise it.")
-    batch, n = len(prompts), max(len(c) for c in complete)
-    ids = np.zeros((batch, n, m), np.int32)
-    mask = np.zeros((batch, n, m), bool)
+    batch = len(prompts)
+    ids, mask, valid = word_arrays(complete, m)
     cur = np.zeros((batch, m), np.int32)
-    for b, ws in enumerate(complete):
-      for j, w in enumerate(ws):
-        ids[b, j, :len(w)] = np.frombuffer(w, np.uint8)
-        mask[b, j, :len(w)] = True
-      cur[b, :len(current[b])] = np.frombuffer(current[b], np.uint8)
+    for b, c in enumerate(current):
+      cur[b, :len(c)] = np.frombuffer(c, np.uint8)
     keys = step_keys(rng, max_new_bytes) if not sampling.greedy else jnp.zeros((max_new_bytes,), jnp.int32)
-    out = self._run(self.params, ids, mask, mask.any(-1), np.array([len(c) for c in complete], np.int32), cur,
+    out = self._run(self.params, ids, mask, valid, np.array([len(c) for c in complete], np.int32), cur,
                     np.array([len(c) for c in current], np.int32), keys, sampling=sampling,
                     stop_at_eod=stop_at_eod, max_new=max_new_bytes, size=size)
     gen, gen_len, ends = (np.asarray(out[k]) for k in ("gen", "gen_len", "ends"))

@@ -58,6 +58,48 @@ def prompt_words(splitter: WordSplitter, prompt: bytes, bos: bool = True) -> lis
   return ([bytes([BOS])] if bos else []) + splitter.split(bytes(prompt))
 
 
+def framed_prompts(splitter: WordSplitter, prompts: Sequence[bytes], bos: bool, max_new_bytes: int,
+                   max_total_bytes: int) -> tuple[list[list[bytes]], list[bytes], int]:
+  """Each prompt's words (`prompt_words`) and bytes (the words joined: a special token's text is its one
+  byte), and the byte budget `total` = longest prompt + max_new_bytes, checked against max_total_bytes."""
+  if not prompts:
+    raise ValueError("generate needs at least one prompt.")
+  words = [prompt_words(splitter, p, bos) for p in prompts]
+  seqs = [b"".join(w) for w in words]
+  total = max(len(s) for s in seqs) + max_new_bytes
+  if total > max_total_bytes:
+    raise ValueError(f"prompt + max_new_bytes = {total} bytes exceeds max_total_bytes={max_total_bytes}; "
+                     "shorten the prompt or raise max_total_bytes.")
+  return words, seqs, total
+
+
+def paper_prompts(splitter: WordSplitter, prompts: Sequence[bytes], bos: bool, max_new_bytes: int,
+                  max_total_words: int) -> tuple[list[list[bytes]], list[bytes]]:
+  """The paper design's start state per prompt: (complete words, the word being written). The prompt's
+  last word may go on, unless it is the first: that design never predicts a document's first word.
+  Checks the word budget (complete words + max_new_bytes + 1 <= max_total_words)."""
+  if not prompts:
+    raise ValueError("generate needs at least one prompt.")
+  words = [prompt_words(splitter, p, bos) for p in prompts]
+  complete = [w[:-1] if len(w) > 1 else w for w in words]
+  current = [w[-1] if len(w) > 1 else b"" for w in words]
+  if max(len(c) for c in complete) + max_new_bytes + 1 > max_total_words:
+    raise ValueError(f"prompt words + max_new_bytes exceed max_total_words={max_total_words}; raise it.")
+  return complete, current
+
+
+def word_arrays(words: list[list[bytes]], max_word_bytes: int):
+  """The paper encoder's input: ids int32 [B, W, M], byte mask bool [B, W, M], word valid bool [B, W]."""
+  n = max(1, max(len(w) for w in words))
+  ids = np.zeros((len(words), n, max_word_bytes), np.int32)
+  mask = np.zeros((len(words), n, max_word_bytes), bool)
+  for b, ws in enumerate(words):
+    for j, w in enumerate(ws):
+      ids[b, j, :len(w)] = np.frombuffer(w, np.uint8)
+      mask[b, j, :len(w)] = True
+  return ids, mask, mask.any(-1)
+
+
 def _check_sampler_inputs(cfg: HATConfig, splitter: WordSplitter, variants: tuple[str, ...], other: str) -> None:
   if cfg.variant not in variants:
     raise ValueError(f"this sampler is for variant {' or '.join(map(repr, variants))}, the model is "
@@ -115,15 +157,9 @@ class HATSampler:
                stop_at_eod: bool = True) -> list[Generation]:
     cfg, params, splitter = self.cfg, self.params, self.splitter
     batch = len(prompts)
-    if batch == 0:
-      raise ValueError("generate needs at least one prompt.")
-    words = [prompt_words(splitter, p, self.bos) for p in prompts]
-    seqs = [bytearray(b"".join(w)) for w in words]  # special tokens (data.special_tokens) as their one byte
+    words, seqs, total = framed_prompts(splitter, prompts, self.bos, max_new_bytes, self.max_total)
+    seqs = [bytearray(s) for s in seqs]
     prompt_len = [len(s) for s in seqs]
-    total = max(len(s) for s in seqs) + max_new_bytes
-    if total > self.max_total:
-      raise ValueError(f"prompt + max_new_bytes = {total} bytes exceeds max_total_bytes={self.max_total}; "
-                       "shorten the prompt or raise max_total_bytes.")
     # Prompt words that end with an unfinished UTF-8 character stay "current" like any last word.
     complete = [w[:-1] for w in words]
     # Slack for the widest re-decode chunk: a write that overran the buffer would be clamped, not dropped.
@@ -253,29 +289,14 @@ class PaperHATSampler:
     self._word_step = jax.jit(word_step)
     self._decode = jax.jit(lambda params, prev, ids: model.apply(params, prev, ids, method=PaperHAT.decode_words))
 
-  def _word_arrays(self, words: list[list[bytes]]):
-    m, n = self.cfg.max_word_bytes, max(1, max(len(w) for w in words))
-    ids = np.zeros((len(words), n, m), np.int32)
-    mask = np.zeros((len(words), n, m), bool)
-    for b, ws in enumerate(words):
-      for j, w in enumerate(ws):
-        ids[b, j, :len(w)] = np.frombuffer(w, np.uint8)
-        mask[b, j, :len(w)] = True
-    return ids, mask, mask.any(-1)
-
   def generate(self, prompts: Sequence[bytes], max_new_bytes: int, rng: jax.Array,
                sampling: SamplingConfig = SamplingConfig(), stop_at_eod: bool = True) -> list[Generation]:
     cfg, m = self.cfg, self.cfg.max_word_bytes
-    if not prompts:
-      raise ValueError("generate needs at least one prompt.")
-    words = [prompt_words(self.splitter, p, self.bos) for p in prompts]
-    complete = [w[:-1] if len(w) > 1 else w for w in words]  # the prompt's last word may go on, unless it is the first
-    current = [bytearray(w[-1]) if len(w) > 1 else bytearray() for w in words]
-    if max(len(c) for c in complete) + max_new_bytes + 1 > self.max_words:
-      raise ValueError(f"prompt words + max_new_bytes exceed max_total_words={self.max_words}; raise it.")
+    complete, current = paper_prompts(self.splitter, prompts, self.bos, max_new_bytes, self.max_words)
+    current = [bytearray(c) for c in current]
     batch = len(prompts)
     caches = stack_caches(cfg.backbone, batch, self.max_words, cfg.jnp_dtype)
-    ids, mask, valid = self._word_arrays(complete)
+    ids, mask, valid = word_arrays(complete, m)
     pos = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), valid.shape)
     out, caches = self._word_step(self.params, ids, mask, pos, valid, caches)
     lens = np.array([len(c) for c in complete])
@@ -300,7 +321,7 @@ class PaperHATSampler:
         generated[b].append(int(new[b]))
         done[b] |= stop_at_eod and new[b] == EOD
       if finished.any():
-        ids, mask, _ = self._word_arrays([[bytes(c)] for c in current])
+        ids, mask, _ = word_arrays([[bytes(c)] for c in current], m)
         step_pos = np.array([len(c) for c in complete], np.int32)[:, None]
         out, caches = self._word_step(self.params, ids, mask, step_pos, finished[:, None], caches)
         prev = jnp.where(finished[:, None], out[:, 0], prev)

@@ -90,7 +90,7 @@ def block_starts(spec: MaskSpec) -> np.ndarray:
 
 def default_positions(batch: int, length: int, spec: MaskSpec | None = None) -> jnp.ndarray:
   """[batch, length] int32: arange, or the block ids of `spec.blocks` (`layout_positions`)."""
-  ids = np.arange(length, dtype=np.int32) if spec is None else layout_positions(spec, length)
+  ids = layout_positions(spec or MaskSpec(), length)
   return jnp.broadcast_to(jnp.asarray(ids)[None], (batch, length))
 
 
