@@ -3,7 +3,7 @@
 libtpu (the test extra's `jax[tpu]`) describes TPU chips that are not here; a mesh on them makes XLA's
 TPU compiler and the Mosaic compiler build the real per-chip programs. These tests check that the
 Pallas kernels lower, partition (shard_map per device) and fit on multi-chip meshes, for the `test`-size
-HAT (both variants), Block Transformer and VAR configs. The acceptance compiles of the `small` HAT are
+HAT (both variants), Block Transformer, VAR and HMAR configs. The acceptance compiles of the `small` HAT are
 @pytest.mark.slow (tens of seconds each on 2 cores).
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("libtpu", reason="needs libtpu (pip install 'jax[tpu]'; part of the test extra)")
 
-from configs import block_transformer, hat, var  # noqa: E402
+from configs import block_transformer, hat, hmar, var  # noqa: E402
 from hat_jax import aot  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,11 +55,12 @@ def test_hat_test_size_compiles_with_mosaic_kernels_on_v5e_4x4(mesh):
   _assert_compiled_with_kernels(report, ("train", "decode/byte", "decode/word") if decode else ("train",))
 
 
-def test_paper_and_released_hat_block_transformer_and_var_compile_with_mosaic_kernels():
+def test_paper_and_released_hat_block_transformer_var_and_hmar_compile_with_mosaic_kernels():
   for config, decode in [(hat.get_config("test,corpus=toy,variant=paper"), ("decode/word", "decode/decode_word")),
                          (hat.get_config("test,corpus=toy,variant=released"), ("decode/byte", "decode/word")),
                          (block_transformer.get_config("tiny"), ("decode/block", "decode/token")),
-                         (var.get_config("tiny"), ("decode/last_scale",))]:
+                         (var.get_config("tiny"), ("decode/last_scale",)),
+                         (hmar.get_config("tiny"), ("decode/last_scale_step",))]:  # MaskSpec.blocks in Mosaic
     report = aot.run(_pallas(config, data=2, fsdp=4), "v5p:2x2x2", batch_size=8)
     assert report["chips"] == 8
     _assert_compiled_with_kernels(report, ("train",) + decode)
