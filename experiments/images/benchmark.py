@@ -125,8 +125,9 @@ def main():
       vt.model, prm, vt.vq, vt.vq_params, labels, key, cfg_scale=args.cfg_scale)[0])
   run, ar_params, _ = trainer.restore_params(cfgs["raster_ar"], os.path.join(args.workdir, "raster_ar"))
   rt = run.task
-  samplers["raster_ar"] = (rt.ar_cfg.seq_len, lambda key, labels, rt=rt, prm=ar_params: rt.vq.apply(
-      rt.vq_params, image_gen.sample_raster_ar(rt.model, prm, labels, key, cfg_scale=args.cfg_scale),
+  samplers["raster_ar"] = (rt.seq_len, lambda key, labels, rt=rt, prm=ar_params: rt.vq.apply(
+      rt.vq_params, image_gen.sample_raster_ar(rt.model, prm, labels, key, num_tokens=rt.seq_len,
+                                               cfg_scale=args.cfg_scale),
       method=MultiScaleVQVAE.decode))
   run, ax_params, _ = trainer.restore_params(cfgs["axial"], os.path.join(args.workdir, "axial"))
   at = run.task

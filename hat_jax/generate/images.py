@@ -3,17 +3,17 @@
   images, tokens = sample_var(var, var_params, vq, vq_params, labels, rng, cfg_scale=2.0)  # next-scale
   images, tokens, revealed_at = sample_hmar(hmar, hmar_params, vq, vq_params, labels, rng,
                                             steps=(1, 1, 2, 2, 3, 4))               # masked steps per scale
-  tokens = sample_raster_ar(model, params, labels, rng, cfg_scale=2.0)                     # token by token
+  tokens = sample_raster_ar(lm, params, labels, rng, num_tokens=130, cfg_scale=2.0)        # token by token
   images = sample_axial(model, params, labels, rng)                                        # row by row
   write_png(path, image_grid(images, rows=4))
 
-Each sampler is one jitted program that runs the model's cached step method (`VAR.step`, `RasterAR.step`,
-`AxialTransformer.context` / `inner_logits`) once per sequential pass and draws every token with
+Each sampler is one jitted program that runs the model's cached step (`VAR.step`, a `DecoderLM` with
+KV caches for the raster AR, `AxialTransformer.context` / `inner_logits`) once per sequential pass and draws every token with
 `hat_jax.generate.sampling` (`sampling`: a SamplingConfig; temperature 0 = greedy). The rng is folded in
 per pass, so a call is a pure function of its arguments.
 
-Classifier-free guidance (VAR, raster AR): the batch is doubled ([labels; null class], the class id
-`num_classes`, which training sees through label dropout) and the two halves' logits are combined as
+Classifier-free guidance (VAR, raster AR): the batch is doubled ([labels; null class], the last class id,
+which training sees through label dropout) and the two halves' logits are combined as
 (1 + t) cond - t uncond. VAR ramps t linearly from 0 at the first scale to `cfg_scale` at the last (the
 coarse scales decide the layout, where strong guidance costs diversity); the raster AR uses `cfg_scale`
 at every step, and `cfg_scale=0` skips the doubling. The Axial Transformer has no null class: no CFG.
@@ -31,9 +31,10 @@ from etils import epath
 
 from hat_jax.generate.sampling import SamplingConfig, filtered_logits, sample
 from hat_jax.models import hmar as hmar_lib
+from hat_jax.models import layers
 from hat_jax.models.axial import AxialTransformer
+from hat_jax.models.decoder_lm import DecoderLM
 from hat_jax.models.hmar import HMAR
-from hat_jax.models.raster_ar import RasterAR
 from hat_jax.models.var import VAR
 from hat_jax.models.vqvae import MultiScaleVQVAE
 
@@ -186,19 +187,25 @@ def inpainting_mask(scales, region: np.ndarray) -> np.ndarray:
   return np.concatenate(known)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "cfg_scale", "sampling"))
-def sample_raster_ar(model: RasterAR, params, labels: jax.Array, rng: jax.Array, *, cfg_scale: float = 0.0,
-                     sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
-  """N sequential cached steps (a fori_loop: one compiled step). labels [B] -> tokens [B, N]."""
+@functools.partial(jax.jit, static_argnames=("model", "num_tokens", "cfg_scale", "sampling"))
+def sample_raster_ar(model: DecoderLM, params, labels: jax.Array, rng: jax.Array, *, num_tokens: int,
+                     cfg_scale: float = 0.0, sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
+  """`num_tokens` sequential cached steps of a class-conditioned `DecoderLM` (a fori_loop: one compiled
+  step), the class token first. labels [B] -> tokens [B, num_tokens]."""
   cfg = model.cfg
+  if cfg.num_classes < 2:
+    raise ValueError(f"The raster AR conditions on class tokens (the last one the null class); this model has "
+                     f"num_classes={cfg.num_classes}.")
   batch = labels.shape[0]
   guided = cfg_scale > 0
-  both = with_null_class(labels, cfg.num_classes) if guided else labels
-  caches = model.empty_caches(both.shape[0])
+  both = with_null_class(labels, cfg.num_classes - 1) if guided else labels
+  caches = layers.empty_caches(cfg.decoder, both.shape[0], num_tokens, cfg.jnp_dtype)
 
   def body(t, carry):
     tokens, prev, caches = carry
-    logits, caches = model.apply(params, both, prev, t, caches, method=RasterAR.step)
+    token_in = jnp.where(t == 0, cfg.class_token(both), prev)[:, None]  # [2B or B, 1]
+    logits, caches = model.apply(params, token_in, caches=caches)  # positions: the caches' length, t
+    logits = logits[:, 0]
     if guided:
       logits = guided_logits(logits, cfg_scale)
     tok = sample(logits, jax.random.fold_in(rng, t), sampling)
@@ -206,8 +213,8 @@ def sample_raster_ar(model: RasterAR, params, labels: jax.Array, rng: jax.Array,
     prev = jnp.concatenate([tok, tok]) if guided else tok
     return tokens, prev, caches
 
-  init = (jnp.zeros((batch, cfg.seq_len), jnp.int32), jnp.zeros((both.shape[0],), jnp.int32), caches)
-  return jax.lax.fori_loop(0, cfg.seq_len, body, init)[0]
+  init = (jnp.zeros((batch, num_tokens), jnp.int32), jnp.zeros((both.shape[0],), jnp.int32), caches)
+  return jax.lax.fori_loop(0, num_tokens, body, init)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sampling"))

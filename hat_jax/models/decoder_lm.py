@@ -1,13 +1,17 @@
 """The decoder-only language model: tokens [B, T] -> embed -> causal `Stack` -> RMSNorm -> head -> logits.
 
 One model for every flat baseline: HAT's byte baseline (task "bytes"), the Block Transformer's vanilla
-baseline (task "vanilla_lm") and the BPE-token baseline of experiments/hat_tables. They differ only in
-configuration (`DecoderLMConfig`):
+baseline (task "vanilla_lm"), the BPE-token baseline of experiments/hat_tables and the raster-order image
+AR (task "raster_ar": the class token first, then the image's tokens). They differ only in configuration
+(`DecoderLMConfig`):
 
   vocab_size             output classes: 256 for bytes, the tokenizer's size for BPE.
   pad_row                the input table gets one extra row, `pad_id = vocab_size`: a token that is read
                          but never predicted (the Block Transformer's block-aligned rows pad documents
                          with it). Without it, padding slots hold id 0; they are masked by segment id 0.
+  num_classes            class tokens: input-only ids after the vocabulary and pad row
+                         (`cfg.class_token(labels)`) that condition what follows; the raster AR's
+                         classes, with one more for classifier-free guidance's null class.
   vocab_pad_to_multiple  input rows rounded up further (257 -> 264 for 8) so the table's "vocab" dim
                          shards over the tensor-parallel mesh axis; the extra rows are never looked up.
   mask_by_index          mask attention by sequence index (+ segment ids) in training and scoring, which
@@ -17,7 +21,8 @@ configuration (`DecoderLMConfig`):
   attention_impl, dtype  the attention kernel ("auto" | "xla" | "pallas") and the compute dtype.
 
 Params: embed/embedding, decoder/..., final_norm/scale, head/kernel. Generation with KV caches:
-`hat_jax.generate.block_engine.decoder_lm_generate` (one jitted `while_loop`).
+`hat_jax.generate.block_engine.decoder_lm_generate` (one jitted `while_loop`); for images,
+`hat_jax.generate.images.sample_raster_ar` (classifier-free guidance).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class DecoderLMConfig(TokenVocab):
   decoder: StackConfig
   vocab_size: int = 256
   pad_row: bool = False
+  num_classes: int = 0
   vocab_pad_to_multiple: int = 1  # 1 keeps vocab_size (+ 1) rows
   mask_by_index: bool = False
   attention_impl: str = "auto"

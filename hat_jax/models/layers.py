@@ -515,13 +515,21 @@ def check_images(images: Any, image_size: int, channels: int) -> jax.Array:
 
 class TokenVocab:
   """Input/output vocabulary of a config with `vocab_size`, `pad_row`, `vocab_pad_to_multiple` and `dtype`
-  (`DecoderLMConfig`, and `BlockTransformerConfig`, whose rows always need the pad row)."""
+  (`DecoderLMConfig`, and `BlockTransformerConfig`, whose rows always need the pad row).
+
+  Input rows: [0, vocab_size) tokens, then the pad row (if any), then `num_classes` class tokens (a
+  config that has none keeps this class attribute's 0; `DecoderLMConfig` makes it a field).
+  """
+
+  num_classes: int = 0
 
   def check_vocab(self) -> None:
     if not isinstance(self.vocab_size, int) or self.vocab_size < 2:
       raise ValueError(f"vocab_size must be an int >= 2, got {self.vocab_size!r}.")
     if not isinstance(self.pad_row, bool):
       raise ValueError(f"pad_row must be a bool, got {self.pad_row!r}.")
+    if not isinstance(self.num_classes, int) or self.num_classes < 0:
+      raise ValueError(f"num_classes must be an int >= 0 (0: no class tokens), got {self.num_classes!r}.")
     if not isinstance(self.vocab_pad_to_multiple, int) or self.vocab_pad_to_multiple < 1:
       raise ValueError(f"vocab_pad_to_multiple must be a positive int (e.g. the tensor-parallel size), "
                        f"got {self.vocab_pad_to_multiple!r}.")
@@ -537,6 +545,11 @@ class TokenVocab:
 
   @property
   def input_vocab_size(self) -> int:
-    """Rows of the input embedding table: vocabulary (+ pad row), rounded up to vocab_pad_to_multiple."""
+    """Rows of the input embedding table: vocabulary (+ pad row) + class tokens, rounded up to
+    vocab_pad_to_multiple."""
     multiple = self.vocab_pad_to_multiple
-    return -(-(self.vocab_size + int(self.pad_row)) // multiple) * multiple
+    return -(-(self.vocab_size + int(self.pad_row) + self.num_classes) // multiple) * multiple
+
+  def class_token(self, labels):
+    """Class labels [...] in [0, num_classes) -> their input ids [...] (read, never predicted)."""
+    return labels + (self.vocab_size + int(self.pad_row))

@@ -59,8 +59,9 @@ VAR (task "var"), per image of L = sum(pn^2) tokens over scales pn, D = width, C
   2*D*2D, once per image on the class embedding | blocks: stack over L with block-causal pairs
   sum_k pn_k^2 * (pn_1^2 + ... + pn_k^2) (qk-norm and the affine-free LayerNorm not counted) |
   head 2*L*D*V.
+Raster AR (task "raster_ar"): a decoder LM over N tokens with the class token first (`transformer_lm_flops`).
 Each task holds its own count (`Task.training_flops`, built from the formulas here); tasks without one
-(vqvae, axial, raster_ar, custom tasks) raise ValueError from `training_flops` and give None from
+(vqvae, axial, custom tasks) raise ValueError from `training_flops` and give None from
 `step_flops_or_none`.
 
 MFU = analytic training FLOPs per step * steps/s / (devices * peak FLOP/s per device). The peak table is

@@ -30,9 +30,9 @@ from hat_jax.generate import images as image_gen
 from hat_jax.generate.sampling import SamplingConfig
 from hat_jax.models import hmar as hmar_lib
 from hat_jax.models.axial import AxialConfig, AxialTransformer
+from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.hmar import HMAR
 from hat_jax.models.layers import StackConfig
-from hat_jax.models.raster_ar import RasterAR, RasterARConfig
 from hat_jax.models.var import VAR, VARConfig
 from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig, reconstruction_metrics, to_unit_range
 from hat_jax.train.checkpoint import CheckpointCorruptError, Checkpointer
@@ -354,7 +354,11 @@ class HMARTask(VARTask):
 
 
 class RasterARTask(_TokenizedTask):
-  """`model.tokens="vq"`: the VAR tokens flattened coarse to fine; `"pixels"`: the raw 16x16 pixels."""
+  """The raster-order baseline: a `DecoderLM` over [class token, t_0, ..., t_{N-2}] predicting t_0 .. t_{N-1}.
+
+  `model.tokens="vq"`: the VAR tokens flattened coarse to fine; `"pixels"`: the raw 16x16 pixels. Its
+  class tokens include the null class that classifier-free guidance samples against.
+  """
 
   def __init__(self, config):
     m = config.model
@@ -362,14 +366,14 @@ class RasterARTask(_TokenizedTask):
       raise ValueError(f"config.model.tokens must be 'vq' or 'pixels', got {m.tokens!r}.")
     if m.tokens == "vq":
       super().__init__(config)
-      seq_len, vocab = self.vq_cfg.seq_len, self.vq_cfg.vocab_size
+      self.seq_len, vocab = self.vq_cfg.seq_len, self.vq_cfg.vocab_size
     else:
       _ImageTask.__init__(self, config)
-      seq_len, vocab = int(config.data.image_size) ** 2, 256
+      self.seq_len, vocab = int(config.data.image_size) ** 2, 256
     self.pixels_per_image = int(config.data.image_size) ** 2
-    self.ar_cfg = RasterARConfig(StackConfig.from_config(m.stack), seq_len=seq_len, vocab_size=vocab,
-                                 num_classes=image_data.NUM_CLASSES)
-    self.model = RasterAR(self.ar_cfg, attention_impl=m.attention_impl)
+    self.ar_cfg = DecoderLMConfig(StackConfig.from_config(m.stack), vocab_size=vocab,
+                                  num_classes=image_data.NUM_CLASSES + 1, attention_impl=m.attention_impl)
+    self.model = DecoderLM(self.ar_cfg)
 
   def make_features(self, images, labels):
     if self.config.model.tokens == "vq":
@@ -377,16 +381,22 @@ class RasterARTask(_TokenizedTask):
     return {"tokens": image_data.pixel_tokens(images), "labels": labels}
 
   def init_params(self, rng):
-    return self.model.init(rng, jnp.zeros((1,), jnp.int32), jnp.zeros((1, self.ar_cfg.seq_len), jnp.int32))
+    return self.model.init(rng, jnp.zeros((1, self.seq_len), jnp.int32))
 
   def loss(self, params, batch, rng) -> tuple[jax.Array, Metrics]:
     del rng
-    tokens = jnp.asarray(batch["tokens"])
-    logits = self.model.apply(params, jnp.asarray(batch["labels"]), tokens)
-    return losses.image_token_metrics(logits, tokens, self.pixels_per_image, slice(-self.ar_cfg.seq_len // 2, None))
+    tokens, labels = jnp.asarray(batch["tokens"]), jnp.asarray(batch["labels"])
+    inputs = jnp.concatenate([self.ar_cfg.class_token(labels)[:, None], tokens[:, :-1]], axis=1)  # [B, N]
+    logits, _ = self.model.apply(params, inputs)
+    return losses.image_token_metrics(logits, tokens, self.pixels_per_image, slice(-self.seq_len // 2, None))
+
+  def training_flops(self, batch=None, *, attention: str = "causal"):
+    b = flops.batch_shape(batch, "tokens", (self.config.train.batch_size, self.seq_len))[0]
+    return flops.transformer_lm_flops(self.ar_cfg.decoder, self.seq_len, b, self.ar_cfg.vocab_size,
+                                      attention=attention, blocked=self.ar_cfg.mask_by_index)
 
   def generate(self, params, rng) -> str:
-    tokens = image_gen.sample_raster_ar(self.model, params, self.sample_labels(), rng,
+    tokens = image_gen.sample_raster_ar(self.model, params, self.sample_labels(), rng, num_tokens=self.seq_len,
                                         cfg_scale=float(self.config.sample.cfg_scale), sampling=self.sampling())
     if self.config.model.tokens == "vq":
       images = self.vq.apply(self.vq_params, tokens, method=MultiScaleVQVAE.decode)

@@ -12,8 +12,8 @@ import pytest
 from hat_jax.generate import images as image_gen
 from hat_jax.generate.sampling import GREEDY, SamplingConfig
 from hat_jax.models.axial import AxialConfig, AxialTransformer
+from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
 from hat_jax.models.layers import StackConfig
-from hat_jax.models.raster_ar import RasterAR, RasterARConfig
 from hat_jax.models.var import VAR, VARConfig
 from hat_jax.models.vqvae import MultiScaleVQVAE, VQConfig
 from tests import jit_helpers
@@ -62,23 +62,52 @@ def test_var_greedy_sample_is_argmax_of_teacher_forcing(var_setup):
   np.testing.assert_array_equal(np.argmax(np.asarray(jit_helpers.apply(var, params, LABELS, x_in)), -1), tokens)
 
 
+RASTER = DecoderLMConfig(STACK, vocab_size=20, num_classes=11)  # 10 classes + the null class
+RASTER_LEN = 12
+
+
+def raster_inputs(labels, tokens):
+  """As the raster AR task trains: [class token, t_0, ..., t_{N-2}]."""
+  return jnp.concatenate([RASTER.class_token(labels)[:, None], tokens[:, :-1]], axis=1)
+
+
 @pytest.fixture(scope="module")
 def raster_setup():
-  model = RasterAR(RasterARConfig(STACK, seq_len=12, vocab_size=20))
-  return model, jit_helpers.init(model, jax.random.key(1), LABELS, jnp.zeros((3, 12), jnp.int32))
+  model = DecoderLM(RASTER)
+  return model, jit_helpers.init(model, jax.random.key(1), jnp.zeros((3, RASTER_LEN), jnp.int32))
+
+
+def test_raster_ar_is_causal_and_class_conditioned(raster_setup):
+  model, params = raster_setup
+  tokens = jax.random.randint(jax.random.key(0), (3, RASTER_LEN), 0, 20)
+  logits = jit_helpers.apply(model, params, raster_inputs(LABELS, tokens))[0]
+  assert logits.shape == (3, RASTER_LEN, 20)
+  changed = jit_helpers.apply(model, params, raster_inputs(LABELS, tokens.at[:, 5].set((tokens[:, 5] + 1) % 20)))[0]
+  diff = np.abs(np.asarray(changed - logits)).max(axis=(0, 2))
+  assert (diff[:6] == 0).all() and (diff[6:] > 1e-6).all()  # logits[t] predicts token t from tokens < t
+  other_class = jit_helpers.apply(model, params, raster_inputs(LABELS[::-1], tokens))[0]
+  assert np.abs(np.asarray(other_class - logits))[[0, 2], 0].max() > 1e-6  # rows 0 and 2 changed class
 
 
 def test_raster_ar_sample_with_cfg(raster_setup):
   model, params = raster_setup
-  out = image_gen.sample_raster_ar(model, params, LABELS, jax.random.key(3), cfg_scale=1.5,
+  out = image_gen.sample_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=RASTER_LEN, cfg_scale=1.5,
                                    sampling=SamplingConfig(top_k=5))
-  assert out.shape == (3, 12) and out.dtype == jnp.int32 and int(out.max()) < 20
+  assert out.shape == (3, RASTER_LEN) and out.dtype == jnp.int32 and int(out.max()) < 20
 
 
 def test_raster_ar_greedy_sample_is_argmax_of_full_model(raster_setup):
   model, params = raster_setup
-  out = image_gen.sample_raster_ar(model, params, LABELS, jax.random.key(3), sampling=GREEDY)
-  np.testing.assert_array_equal(np.argmax(np.asarray(jit_helpers.apply(model, params, LABELS, out)), -1), out)
+  out = image_gen.sample_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=RASTER_LEN, sampling=GREEDY)
+  logits = jit_helpers.apply(model, params, raster_inputs(LABELS, out))[0]
+  np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), out)
+
+
+def test_raster_ar_needs_class_tokens():
+  model = DecoderLM(DecoderLMConfig(STACK, vocab_size=20))
+  params = jit_helpers.init(model, jax.random.key(1), jnp.zeros((1, 4), jnp.int32))
+  with pytest.raises(ValueError, match="class tokens .*num_classes=0"):
+    image_gen.sample_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=4)
 
 
 def test_axial_greedy_sample_is_argmax_of_full_model():
