@@ -121,18 +121,18 @@ def main():
   samplers = {}
   run, var_params, _ = trainer.restore_params(cfgs["var"], os.path.join(args.workdir, "var"))
   vt = run.task
-  samplers["var"] = (len(vt.var_cfg.scales), lambda key, labels, vt=vt, prm=var_params: image_gen.sample_var(
+  samplers["var"] = (len(vt.var_cfg.scales), lambda key, labels, vt=vt, prm=var_params: image_gen.generate_var(
       vt.model, prm, vt.vq, vt.vq_params, labels, key, cfg_scale=args.cfg_scale)[0])
   run, ar_params, _ = trainer.restore_params(cfgs["raster_ar"], os.path.join(args.workdir, "raster_ar"))
   rt = run.task
   samplers["raster_ar"] = (rt.seq_len, lambda key, labels, rt=rt, prm=ar_params: rt.vq.apply(
-      rt.vq_params, image_gen.sample_raster_ar(rt.model, prm, labels, key, num_tokens=rt.seq_len,
+      rt.vq_params, image_gen.generate_raster_ar(rt.model, prm, labels, key, num_tokens=rt.seq_len,
                                                cfg_scale=args.cfg_scale),
       method=MultiScaleVQVAE.decode))
   run, ax_params, _ = trainer.restore_params(cfgs["axial"], os.path.join(args.workdir, "axial"))
   at = run.task
   size = at.axial_cfg.image_size
-  samplers["axial"] = (size + size * size, lambda key, labels, at=at, prm=ax_params: image_gen.sample_axial(
+  samplers["axial"] = (size + size * size, lambda key, labels, at=at, prm=ax_params: image_gen.generate_axial(
       at.model, prm, labels, key))
   for nb in batches:
     labels = jnp.arange(nb, dtype=jnp.int32) % 10

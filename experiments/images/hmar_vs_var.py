@@ -72,7 +72,7 @@ def attention_costs(var_cfg, schedule) -> dict[str, float]:
       # sampling, one image, CFG doubling included (x2)
       "sample_var_live": 2 * per_pair * hmar_lib.attention_pairs(var_cfg.scales, None),
       "sample_var_executed": 2 * per_pair * length * length,  # every step reads the whole preallocated cache
-      "sample_hmar": 2 * per_pair * sum(s * nk * nk for s, nk in zip(schedule, n)),
+      "generate_hmar": 2 * per_pair * sum(s * nk * nk for s, nk in zip(schedule, n)),
       "sample_hmar_1step": 2 * per_pair * sum(nk * nk for nk in n),
   }
 
@@ -152,7 +152,7 @@ def main():
 
   # 5. Sampling speed, all in this process, round-robin.
   samplers = {
-      "var": lambda key, labels: image_gen.sample_var(vt.model, var_params, vt.vq, vt.vq_params, labels, key,
+      "var": lambda key, labels: image_gen.generate_var(vt.model, var_params, vt.vq, vt.vq_params, labels, key,
                                                       cfg_scale=args.cfg_scale)[0],
       "hmar": lambda key, labels: ht.sample(hmar_params, labels, key)[0],
       "hmar_1step": lambda key, labels: ht.sample(hmar_params, labels, key, steps=1)[0],
@@ -207,7 +207,7 @@ def main():
           f"{1e3 * v['train_step_seconds']:.1f}", costs["sample_var_executed"]),
       row(f"HMAR, schedule {schedule}", {**h, "params": h["params"]},
           f"{h['eval/bits_per_image_steps']:.1f} (random-order, this schedule)", f"{1e3 * h['train_step_seconds']:.1f}",
-          costs["sample_hmar"]),
+          costs["generate_hmar"]),
       row("HMAR, 1 step per scale", {**h1, "params": h["params"]}, f"{h['eval/bits_per_image']:.1f} (one-step)",
           "same model", costs["sample_hmar_1step"]),
       "",
@@ -222,7 +222,7 @@ def main():
       f"{costs['train_var_executed'] / 1e6:.3f} M executed (explicit scale ids: dense); HMAR "
       f"{costs['train_hmar'] / 1e6:.3f} M live = executed (static layout). Per sampled image (CFG x2): VAR "
       f"{costs['sample_var_live'] / 1e6:.3f} M live, {costs['sample_var_executed'] / 1e6:.3f} M executed (dense over "
-      f"the preallocated cache); HMAR {costs['sample_hmar'] / 1e6:.3f} M with the schedule, "
+      f"the preallocated cache); HMAR {costs['generate_hmar'] / 1e6:.3f} M with the schedule, "
       f"{costs['sample_hmar_1step'] / 1e6:.3f} M with one step per scale.",
       f"Test NLL, HMAR: one-step {h['eval/bits_per_image']:.1f} bits/image (same unit and factorisation as VAR's "
       f"{v['eval/bits_per_image']:.1f}); random-order masked NLL with schedule {schedule}: "

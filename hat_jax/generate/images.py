@@ -1,10 +1,10 @@
 """Class-conditional image sampling for the image families, and sample grids as PNG files.
 
-  images, tokens = sample_var(var, var_params, vq, vq_params, labels, rng, cfg_scale=2.0)  # next-scale
-  images, tokens, revealed_at = sample_hmar(hmar, hmar_params, vq, vq_params, labels, rng,
+  images, tokens = generate_var(var, var_params, vq, vq_params, labels, rng, cfg_scale=2.0)  # next-scale
+  images, tokens, revealed_at = generate_hmar(hmar, hmar_params, vq, vq_params, labels, rng,
                                             steps=(1, 1, 2, 2, 3, 4))               # masked steps per scale
-  tokens = sample_raster_ar(lm, params, labels, rng, num_tokens=130, cfg_scale=2.0)        # token by token
-  images = sample_axial(model, params, labels, rng)                                        # row by row
+  tokens = generate_raster_ar(lm, params, labels, rng, num_tokens=130, cfg_scale=2.0)        # token by token
+  images = generate_axial(model, params, labels, rng)                                        # row by row
   write_png(path, image_grid(images, rows=4))
 
 Each sampler is one jitted program that runs the model's cached step (`VAR.step`, a `DecoderLM` with
@@ -63,7 +63,7 @@ def with_null_class(labels: jax.Array, num_classes: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("var", "vq", "cfg_scale", "sampling"))
-def sample_var(var: VAR, var_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
+def generate_var(var: VAR, var_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
                cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig()):
   """Next-scale sampling: one cached VAR step per scale, CFG ramped over the scales.
 
@@ -96,7 +96,7 @@ def tokenizer_codebook(vq: MultiScaleVQVAE) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("hmar", "vq", "steps", "cfg_scale", "sampling", "choice_temperature"))
-def sample_hmar(hmar: HMAR, hmar_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
+def generate_hmar(hmar: HMAR, hmar_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
                 steps, cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig(),
                 choice_temperature: float = 1.0, known_tokens: jax.Array | None = None,
                 known_mask: jax.Array | None = None):
@@ -115,10 +115,10 @@ def sample_hmar(hmar: HMAR, hmar_params, vq: MultiScaleVQVAE, vq_params, labels:
   cfg = hmar.cfg
   schedule = hmar_lib.check_schedule(steps, cfg.scales)
   if (known_tokens is None) != (known_mask is None):
-    raise ValueError("sample_hmar: pass both known_tokens and known_mask (inpainting), or neither.")
+    raise ValueError("generate_hmar: pass both known_tokens and known_mask (inpainting), or neither.")
   if known_mask is not None and (known_mask.shape != (labels.shape[0], cfg.seq_len)
                                  or known_tokens.shape != known_mask.shape):
-    raise ValueError(f"sample_hmar: known_tokens and known_mask must be [batch, {cfg.seq_len}] (batch "
+    raise ValueError(f"generate_hmar: known_tokens and known_mask must be [batch, {cfg.seq_len}] (batch "
                      f"{labels.shape[0]}), got {known_tokens.shape} and {known_mask.shape}.")
   batch = labels.shape[0]
   both = with_null_class(labels, cfg.num_classes)
@@ -188,7 +188,7 @@ def inpainting_mask(scales, region: np.ndarray) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_tokens", "cfg_scale", "sampling"))
-def sample_raster_ar(model: DecoderLM, params, labels: jax.Array, rng: jax.Array, *, num_tokens: int,
+def generate_raster_ar(model: DecoderLM, params, labels: jax.Array, rng: jax.Array, *, num_tokens: int,
                      cfg_scale: float = 0.0, sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
   """`num_tokens` sequential cached steps of a class-conditioned `DecoderLM` (a fori_loop: one compiled
   step), the class token first. labels [B] -> tokens [B, num_tokens]."""
@@ -218,7 +218,7 @@ def sample_raster_ar(model: DecoderLM, params, labels: jax.Array, rng: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sampling"))
-def sample_axial(model: AxialTransformer, params, labels: jax.Array, rng: jax.Array, *,
+def generate_axial(model: AxialTransformer, params, labels: jax.Array, rng: jax.Array, *,
                  sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
   """Semi-parallel sampling, row by row. labels [B] -> uint8 images [B, H, W, 1]."""
   size = model.cfg.image_size

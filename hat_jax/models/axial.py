@@ -13,7 +13,7 @@ Reads like the paper's Figure 2 / `Transformer2d`:
 Axial attention is 1-D attention along one axis with the other axis as batch; it goes through
 `hat_jax.kernels.axial_attention`, whose `impl` (the model's `attention_impl`) picks XLA or Pallas.
 `context` and `inner_logits` are the two halves the semi-parallel sampler
-(`hat_jax.generate.images.sample_axial`) calls: per row, the outer context once on the whole image, then
+(`hat_jax.generate.images.generate_axial`) calls: per row, the outer context once on the whole image, then
 the inner decoder on that one row, once per pixel (H outer + H*W inner sequential passes).
 """
 

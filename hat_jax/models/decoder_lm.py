@@ -22,7 +22,7 @@ AR (task "raster_ar": the class token first, then the image's tokens). They diff
 
 Params: embed/embedding, decoder/..., final_norm/scale, head/kernel. Generation with KV caches:
 `hat_jax.generate.block_engine.decoder_lm_generate` (one jitted `while_loop`); for images,
-`hat_jax.generate.images.sample_raster_ar` (classifier-free guidance).
+`hat_jax.generate.images.generate_raster_ar` (classifier-free guidance).
 """
 
 from __future__ import annotations

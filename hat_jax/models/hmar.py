@@ -20,7 +20,7 @@ same tokenizer inputs and head) with three things added, and nothing else:
             paper's next-scale pretraining stage); cross-entropy on the masked tokens, weighted n_k / m_k
             so that its expectation is the mean over all L positions, VAR's weighting.
 
-Sampling (`hat_jax.generate.images.sample_hmar`) runs each scale in S_k masked steps, a per-scale schedule
+Sampling (`hat_jax.generate.images.generate_hmar`) runs each scale in S_k masked steps, a per-scale schedule
 given at sampling time (`check_schedule`; no retraining): MaskGIT's cosine schedule says how many tokens
 stay masked after each step (`masked_after`), and the most confident draws are kept. With the
 block-diagonal mask a scale never reads earlier scales' keys, so sampling holds no KV cache across scales:

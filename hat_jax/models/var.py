@@ -11,7 +11,7 @@ Reads like VAR's Figure 4:
 Block-causal attention is `MaskSpec(causal=True)` with the scale id as the position, so a token sees
 all tokens of its own and coarser scales; `attention_impl` picks the kernel. `VAR.step` runs one scale
 against explicit KV caches (the cache grows by pn^2 per step): the next-scale sampler with classifier-free
-guidance is `hat_jax.generate.images.sample_var`.
+guidance is `hat_jax.generate.images.generate_var`.
 """
 
 from __future__ import annotations

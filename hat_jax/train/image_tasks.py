@@ -228,7 +228,7 @@ class VARTask(_TokenizedTask):
         (b, cfg.scales[k] ** 2, cfg.z_channels), jnp.float32), caches))}
 
   def generate(self, params, rng) -> str:
-    images, _ = image_gen.sample_var(self.model, params, self.vq, self.vq_params, self.sample_labels(), rng,
+    images, _ = image_gen.generate_var(self.model, params, self.vq, self.vq_params, self.sample_labels(), rng,
                                      cfg_scale=float(self.config.sample.cfg_scale), sampling=self.sampling())
     return f"wrote {self.write_grid(images, 'var_samples.png')} (rows: classes 0-9 repeated)"
 
@@ -322,7 +322,7 @@ class HMARTask(VARTask):
 
   def sample(self, params, labels, rng, **kwargs):
     s = self.config.sample
-    return image_gen.sample_hmar(self.model, params, self.vq, self.vq_params, labels, rng,
+    return image_gen.generate_hmar(self.model, params, self.vq, self.vq_params, labels, rng,
                                  steps=kwargs.pop("steps", self.schedule), cfg_scale=float(s.cfg_scale),
                                  sampling=self.sampling(),
                                  choice_temperature=kwargs.pop("choice_temperature", float(s.get("choice_temperature", 1.0))),
@@ -396,7 +396,7 @@ class RasterARTask(_TokenizedTask):
                                       attention=attention, blocked=self.ar_cfg.mask_by_index)
 
   def generate(self, params, rng) -> str:
-    tokens = image_gen.sample_raster_ar(self.model, params, self.sample_labels(), rng, num_tokens=self.seq_len,
+    tokens = image_gen.generate_raster_ar(self.model, params, self.sample_labels(), rng, num_tokens=self.seq_len,
                                         cfg_scale=float(self.config.sample.cfg_scale), sampling=self.sampling())
     if self.config.model.tokens == "vq":
       images = self.vq.apply(self.vq_params, tokens, method=MultiScaleVQVAE.decode)
@@ -424,7 +424,7 @@ class AxialTask(_ImageTask):
     return bpd * losses.LN2, {"bits_per_dim": bpd}
 
   def generate(self, params, rng) -> str:
-    images = image_gen.sample_axial(self.model, params, self.sample_labels(), rng, sampling=self.sampling())
+    images = image_gen.generate_axial(self.model, params, self.sample_labels(), rng, sampling=self.sampling())
     return f"wrote {self.write_grid(images, 'axial_samples.png')} (rows: classes 0-9 repeated)"
 
 

@@ -45,7 +45,7 @@ def test_cfg_ramp_and_guided_logits():
 
 def test_var_sample_decodes_its_tokens(var_setup):
   vq, vq_params, var, params = var_setup
-  images, tokens = image_gen.sample_var(var, params, vq, vq_params, LABELS, jax.random.key(2), cfg_scale=2.0,
+  images, tokens = image_gen.generate_var(var, params, vq, vq_params, LABELS, jax.random.key(2), cfg_scale=2.0,
                                         sampling=SamplingConfig(top_k=8, top_p=0.9))
   assert images.shape == (3, 8, 8, 1) and images.dtype == jnp.uint8
   assert tokens.shape == (3, VAR_CFG.seq_len) and tokens.dtype == jnp.int32 and int(tokens.max()) < VQ.vocab_size
@@ -56,7 +56,7 @@ def test_var_greedy_sample_is_argmax_of_teacher_forcing(var_setup):
   """cfg_scale=0: the guided logits are the conditional ones, which teacher forcing on the sampled tokens
   (inputs from `var_inputs`, as in training) reproduces at every scale."""
   vq, vq_params, var, params = var_setup
-  _, tokens = image_gen.sample_var(var, params, vq, vq_params, LABELS, jax.random.key(2), cfg_scale=0.0,
+  _, tokens = image_gen.generate_var(var, params, vq, vq_params, LABELS, jax.random.key(2), cfg_scale=0.0,
                                    sampling=GREEDY)
   x_in = jit_helpers.apply(vq, vq_params, tokens, method=MultiScaleVQVAE.var_inputs)
   np.testing.assert_array_equal(np.argmax(np.asarray(jit_helpers.apply(var, params, LABELS, x_in)), -1), tokens)
@@ -91,14 +91,14 @@ def test_raster_ar_is_causal_and_class_conditioned(raster_setup):
 
 def test_raster_ar_sample_with_cfg(raster_setup):
   model, params = raster_setup
-  out = image_gen.sample_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=RASTER_LEN, cfg_scale=1.5,
+  out = image_gen.generate_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=RASTER_LEN, cfg_scale=1.5,
                                    sampling=SamplingConfig(top_k=5))
   assert out.shape == (3, RASTER_LEN) and out.dtype == jnp.int32 and int(out.max()) < 20
 
 
 def test_raster_ar_greedy_sample_is_argmax_of_full_model(raster_setup):
   model, params = raster_setup
-  out = image_gen.sample_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=RASTER_LEN, sampling=GREEDY)
+  out = image_gen.generate_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=RASTER_LEN, sampling=GREEDY)
   logits = jit_helpers.apply(model, params, raster_inputs(LABELS, out))[0]
   np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), out)
 
@@ -107,7 +107,7 @@ def test_raster_ar_needs_class_tokens():
   model = DecoderLM(DecoderLMConfig(STACK, vocab_size=20))
   params = jit_helpers.init(model, jax.random.key(1), jnp.zeros((1, 4), jnp.int32))
   with pytest.raises(ValueError, match="class tokens .*num_classes=0"):
-    image_gen.sample_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=4)
+    image_gen.generate_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=4)
 
 
 def test_axial_greedy_sample_is_argmax_of_full_model():
@@ -116,7 +116,7 @@ def test_axial_greedy_sample_is_argmax_of_full_model():
   model = AxialTransformer(AxialConfig(image_size=6, d_model=16, num_heads=2, head_dim=8, mlp_dim=32,
                                        num_outer_layers=1, num_inner_layers=1))
   params = jit_helpers.init(model, jax.random.key(0), np.zeros((3, 6, 6), np.uint8), LABELS)
-  out = image_gen.sample_axial(model, params, LABELS, jax.random.key(1), sampling=GREEDY)
+  out = image_gen.generate_axial(model, params, LABELS, jax.random.key(1), sampling=GREEDY)
   assert out.shape == (3, 6, 6, 1) and out.dtype == jnp.uint8
   logits = jit_helpers.apply(model, params, np.asarray(out)[..., 0], LABELS)
   np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1), np.asarray(out)[..., 0])

@@ -142,7 +142,7 @@ STEPS = (1, 2, 4)
 
 def test_sampler_respects_the_schedule(setup):
   vq, vq_params, model, params, labels, *_ = setup
-  images, tokens, at = image_gen.sample_hmar(model, params, vq, vq_params, labels, jax.random.key(0), steps=STEPS)
+  images, tokens, at = image_gen.generate_hmar(model, params, vq, vq_params, labels, jax.random.key(0), steps=STEPS)
   assert images.shape == (2, 8, 8, 1) and images.dtype == jnp.uint8 and tokens.shape == (2, CFG.seq_len)
   assert int(tokens.max()) < VQ.vocab_size  # no MASK left
   at = np.asarray(at)
@@ -150,9 +150,9 @@ def test_sampler_respects_the_schedule(setup):
     counts = [np.bincount(row, minlength=s).tolist() for row in at[:, CFG.scale_slice(k)]]
     assert counts == [list(reveal_counts(pn * pn, s))] * 2  # tokens drawn per step = the cosine schedule
   with pytest.raises(ValueError, match="has 2 entries but the tokenizer has 3 scales"):
-    image_gen.sample_hmar(model, params, vq, vq_params, labels, jax.random.key(0), steps=(1, 2))
+    image_gen.generate_hmar(model, params, vq, vq_params, labels, jax.random.key(0), steps=(1, 2))
   with pytest.raises(ValueError, match=r"scale 2 \(4x4 = 16 tokens\) cannot be generated in 17 steps"):
-    image_gen.sample_hmar(model, params, vq, vq_params, labels, jax.random.key(0), steps=(1, 2, 17))
+    image_gen.generate_hmar(model, params, vq, vq_params, labels, jax.random.key(0), steps=(1, 2, 17))
 
 
 def test_inpainting_keeps_the_given_tokens(setup):
@@ -162,7 +162,7 @@ def test_inpainting_keeps_the_given_tokens(setup):
   known = jnp.asarray(image_gen.inpainting_mask(CFG.scales, np.arange(8)[:, None] >= np.zeros((1, 8)) + 4))
   assert known.tolist() == [False] + [True, True, False, False] + [True] * 8 + [False] * 8
   given = jnp.full((2, CFG.seq_len), 3, jnp.int32)
-  _, filled, at = image_gen.sample_hmar(model, params, vq, vq_params, labels, jax.random.key(1), steps=steps,
+  _, filled, at = image_gen.generate_hmar(model, params, vq, vq_params, labels, jax.random.key(1), steps=steps,
                                         known_tokens=given, known_mask=jnp.broadcast_to(known, given.shape))
   filled, at = np.asarray(filled), np.asarray(at)
   assert (filled[:, np.asarray(known)] == 3).all() and (at[:, np.asarray(known)] == -1).all()
@@ -174,7 +174,7 @@ def test_one_step_greedy_sample_is_the_argmax_of_the_full_masked_pass(setup):
   """With one step per scale, no guidance and greedy draws, every scale's tokens are the argmax of the
   teacher-forced all-MASK pass over the sampled tokens' own inputs (the sampler sees what training saw)."""
   vq, vq_params, model, params, labels, *_ = setup
-  _, tokens, _ = image_gen.sample_hmar(model, params, vq, vq_params, labels, jax.random.key(0), steps=1,
+  _, tokens, _ = image_gen.generate_hmar(model, params, vq, vq_params, labels, jax.random.key(0), steps=1,
                                        cfg_scale=0.0, sampling=GREEDY)
   x_in = jax.jit(lambda p, t: vq.apply(p, t, method=MultiScaleVQVAE.var_inputs))(vq_params, tokens)
   logits = jit_helpers.apply(model, params, labels, x_in, jnp.full_like(tokens, MASK), CODEBOOK)
