@@ -55,15 +55,17 @@ def test_hat_test_size_compiles_with_mosaic_kernels_on_v5e_4x4(mesh):
   _assert_compiled_with_kernels(report, ("train", "decode/byte", "decode/word") if decode else ("train",))
 
 
-def test_paper_and_released_hat_block_transformer_var_and_hmar_compile_with_mosaic_kernels():
-  for config, decode in [(hat.get_config("test,corpus=toy,variant=paper"), ("decode/word", "decode/decode_word")),
-                         (hat.get_config("test,corpus=toy,variant=released"), ("decode/byte", "decode/word")),
-                         (block_transformer.get_config("tiny"), ("decode/block", "decode/token")),
-                         (var.get_config("tiny"), ("decode/last_scale",)),
-                         (hmar.get_config("tiny"), ("decode/last_scale_step",))]:  # MaskSpec.blocks in Mosaic
-    report = aot.run(_pallas(config, data=2, fsdp=4), "v5p:2x2x2", batch_size=8)
-    assert report["chips"] == 8
-    _assert_compiled_with_kernels(report, ("train",) + decode)
+@pytest.mark.parametrize("config_fn, decode", [
+    (lambda: hat.get_config("test,corpus=toy,variant=paper"), ("decode/word", "decode/decode_word")),
+    (lambda: hat.get_config("test,corpus=toy,variant=released"), ("decode/byte", "decode/word")),
+    (lambda: block_transformer.get_config("tiny"), ("decode/block", "decode/token")),
+    (lambda: var.get_config("tiny"), ("decode/last_scale",)),
+    (lambda: hmar.get_config("tiny"), ("decode/last_scale_step",)),  # MaskSpec.blocks in Mosaic
+], ids=["hat_paper", "hat_released", "block_transformer", "var", "hmar"])
+def test_model_families_compile_with_mosaic_kernels_on_v5p_2x2x2(config_fn, decode):
+  report = aot.run(_pallas(config_fn(), data=2, fsdp=4), "v5p:2x2x2", batch_size=8)
+  assert report["chips"] == 8
+  _assert_compiled_with_kernels(report, ("train",) + decode)
 
 
 def test_auto_attention_compiles_with_splash_on_v5e_4x4(monkeypatch):
