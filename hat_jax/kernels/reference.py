@@ -81,5 +81,7 @@ def reference_attention(
   weights = jnp.where(mask, jnp.exp(logits - row_max), 0.0)
   denom = jnp.sum(weights, axis=-1, keepdims=True)
   probs = weights / jnp.where(denom == 0.0, 1.0, denom)  # fully masked row -> all-zero probs -> zero output
-  out = jnp.einsum(f"bhgqk,{kv}->bqhgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  return out.reshape(batch, q_len, num_heads, head_dim).astype(q.dtype)
+  # Batch dims (b, h) leading in the output as in the operands: XLA:CPU then emits one batched matmul;
+  # writing [b, q, h, g, d] directly made it a generic, several times slower dot (decode-step profiles).
+  out = jnp.einsum(f"bhgqk,{kv}->bhgqd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, num_heads, head_dim).astype(q.dtype)
