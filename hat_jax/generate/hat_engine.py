@@ -112,7 +112,9 @@ class HATEngine:
   def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_bytes: int = 512, bos: bool = True,
                backbone_rows: int | None = None, pool_bytes: int | None = None, host_threshold: int | None = None):
     _check_sampler_inputs(cfg, splitter, ("tfree", "released"), "PaperHATEngine")
-    self.cfg, self.params, self.splitter, self.max_total, self.bos = cfg, params, splitter, max_total_bytes, bos
+    # On the device once: host (numpy) params would be sent again with every jitted call.
+    self.cfg, self.splitter, self.max_total, self.bos = cfg, splitter, max_total_bytes, bos
+    self.params = jax.device_put(params)
     self.table = wt.word_table(splitter)
     self.model = HAT(cfg)
     self.backbone_rows, self.pool_bytes, self.host_threshold = backbone_rows, pool_bytes, host_threshold
@@ -445,7 +447,8 @@ class PaperHATEngine:
 
   def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_words: int = 256, bos: bool = True):
     _check_sampler_inputs(cfg, splitter, ("paper",), "HATEngine")
-    self.cfg, self.params, self.splitter, self.max_words, self.bos = cfg, params, splitter, max_total_words, bos
+    self.cfg, self.splitter, self.max_words, self.bos = cfg, splitter, max_total_words, bos
+    self.params = jax.device_put(params)  # once, as above
     self.model = PaperHAT(cfg)
     self.stats = EngineStats()
     self._run = jax.jit(self._run_fn, static_argnames=("sampling", "stop_at_eod", "max_new", "size"))

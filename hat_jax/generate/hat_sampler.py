@@ -115,7 +115,9 @@ class HATSampler:
 
   def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_bytes: int = 512, bos: bool = True):
     _check_sampler_inputs(cfg, splitter, ("tfree", "released"), "PaperHATSampler")
-    self.cfg, self.params, self.splitter, self.max_total, self.bos = cfg, params, splitter, max_total_bytes, bos
+    # On the device once: host (numpy) params would be sent again with every jitted call.
+    self.cfg, self.splitter, self.max_total, self.bos = cfg, splitter, max_total_bytes, bos
+    self.params = jax.device_put(params)
     self.model = HAT(cfg)
     model = self.model
 
@@ -279,7 +281,8 @@ class PaperHATSampler:
     from hat_jax.models.hat import PaperHAT
 
     _check_sampler_inputs(cfg, splitter, ("paper",), "HATSampler")
-    self.cfg, self.params, self.splitter, self.max_words, self.bos = cfg, params, splitter, max_total_words, bos
+    self.cfg, self.splitter, self.max_words, self.bos = cfg, splitter, max_total_words, bos
+    self.params = jax.device_put(params)  # once, as above
     model = PaperHAT(cfg)
 
     def word_step(params, byte_ids, byte_mask, word_pos, valid, caches):
