@@ -127,7 +127,7 @@ def main():
   rt = run.task
   samplers["raster_ar"] = (rt.seq_len, lambda key, labels, rt=rt, prm=ar_params: rt.vq.apply(
       rt.vq_params, image_gen.generate_raster_ar(rt.model, prm, labels, key, num_tokens=rt.seq_len,
-                                               cfg_scale=args.cfg_scale),
+                                                 cfg_scale=args.cfg_scale),
       method=MultiScaleVQVAE.decode))
   run, ax_params, _ = trainer.restore_params(cfgs["axial"], os.path.join(args.workdir, "axial"))
   at = run.task

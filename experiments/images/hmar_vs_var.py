@@ -153,9 +153,9 @@ def main():
   # 5. Sampling speed, all in this process, round-robin.
   samplers = {
       "var": lambda key, labels: image_gen.generate_var(vt.model, var_params, vt.vq, vt.vq_params, labels, key,
-                                                      cfg_scale=args.cfg_scale)[0],
-      "hmar": lambda key, labels: ht.sample(hmar_params, labels, key)[0],
-      "hmar_1step": lambda key, labels: ht.sample(hmar_params, labels, key, steps=1)[0],
+                                                        cfg_scale=args.cfg_scale)[0],
+      "hmar": lambda key, labels: ht.generate_images(hmar_params, labels, key)[0],
+      "hmar_1step": lambda key, labels: ht.generate_images(hmar_params, labels, key, steps=1)[0],
   }
   passes = {"var": len(vt.var_cfg.scales), "hmar": sum(schedule), "hmar_1step": len(vt.var_cfg.scales)}
   for name in samplers:

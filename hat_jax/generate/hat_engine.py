@@ -132,7 +132,7 @@ class HATEngine:
     batch, p_len = host["byte_ids"].shape
     pre = self._prompt_pass(params, host["byte_ids"], host["seg"], host["starts"], host["lengths"],
                             host["byte_word"], host["last"], host["n_complete"], size)
-    pad = size + self.cfg.max_word_bytes + 1
+    pad = pre["h_hist"].shape[1]  # size + M + 1 byte slots
     zeros = jnp.zeros(batch, jnp.int32)
     st = dict(caches=pre["caches"], h_hist=pre["h_hist"], next_logits=pre["next_logits"], guide=pre["guide"],
               seq=jnp.zeros((batch, pad), jnp.int32).at[:, :p_len].set(host["byte_ids"]), lens=host["last"] + 1,
@@ -422,7 +422,8 @@ class HATEngine:
   def _host_decisions(self, st, blocked, batch):
     """The splitter's answers for the blocked rows (what HATSampler computes each step)."""
     m = self.cfg.max_word_bytes
-    seq, cur_start, lens, pending = (np.asarray(st[k]) for k in ("seq", "cur_start", "lens", "pending"))
+    got = jax.device_get({k: st[k] for k in ("seq", "cur_start", "lens", "pending")})  # one transfer
+    seq, cur_start, lens, pending = got["seq"], got["cur_start"], got["lens"], got["pending"]
     hin = self._no_host(batch)
     for b in blocked:
       current = bytes(seq[b, cur_start[b]:lens[b]].astype(np.uint8))

@@ -2,7 +2,7 @@
 
   images, tokens = generate_var(var, var_params, vq, vq_params, labels, rng, cfg_scale=2.0)  # next-scale
   images, tokens, revealed_at = generate_hmar(hmar, hmar_params, vq, vq_params, labels, rng,
-                                            steps=(1, 1, 2, 2, 3, 4))               # masked steps per scale
+                                              steps=(1, 1, 2, 2, 3, 4))               # masked steps per scale
   tokens = generate_raster_ar(lm, params, labels, rng, num_tokens=130, cfg_scale=2.0)        # token by token
   images = generate_axial(model, params, labels, rng)                                        # row by row
   write_png(path, image_grid(images, rows=4))
@@ -64,7 +64,7 @@ def with_null_class(labels: jax.Array, num_classes: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("var", "vq", "cfg_scale", "sampling"))
 def generate_var(var: VAR, var_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
-               cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig()):
+                 cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig()):
   """Next-scale sampling: one cached VAR step per scale, CFG ramped over the scales.
 
   labels [B] -> (images uint8 [B, H, W, C], tokens [B, L]). After each scale the tokenizer adds the
@@ -97,9 +97,9 @@ def tokenizer_codebook(vq: MultiScaleVQVAE) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("hmar", "vq", "steps", "cfg_scale", "sampling", "choice_temperature"))
 def generate_hmar(hmar: HMAR, hmar_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
-                steps, cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig(),
-                choice_temperature: float = 1.0, known_tokens: jax.Array | None = None,
-                known_mask: jax.Array | None = None):
+                  steps, cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig(),
+                  choice_temperature: float = 1.0, known_tokens: jax.Array | None = None,
+                  known_mask: jax.Array | None = None):
   """HMAR: scale by scale, each scale in `steps[k]` masked steps (MaskGIT within the scale).
 
   labels [B] -> (images uint8 [B, H, W, C], tokens [B, L], revealed_at int32 [B, L]: the masked step of its
@@ -189,7 +189,7 @@ def inpainting_mask(scales, region: np.ndarray) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("model", "num_tokens", "cfg_scale", "sampling"))
 def generate_raster_ar(model: DecoderLM, params, labels: jax.Array, rng: jax.Array, *, num_tokens: int,
-                     cfg_scale: float = 0.0, sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
+                       cfg_scale: float = 0.0, sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
   """`num_tokens` sequential cached steps of a class-conditioned `DecoderLM` (a fori_loop: one compiled
   step), the class token first. labels [B] -> tokens [B, num_tokens]."""
   cfg = model.cfg
@@ -219,7 +219,7 @@ def generate_raster_ar(model: DecoderLM, params, labels: jax.Array, rng: jax.Arr
 
 @functools.partial(jax.jit, static_argnames=("model", "sampling"))
 def generate_axial(model: AxialTransformer, params, labels: jax.Array, rng: jax.Array, *,
-                 sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
+                   sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
   """Semi-parallel sampling, row by row. labels [B] -> uint8 images [B, H, W, 1]."""
   size = model.cfg.image_size
   batch = labels.shape[0]

@@ -229,7 +229,7 @@ class VARTask(_TokenizedTask):
 
   def generate(self, params, rng) -> str:
     images, _ = image_gen.generate_var(self.model, params, self.vq, self.vq_params, self.sample_labels(), rng,
-                                     cfg_scale=float(self.config.sample.cfg_scale), sampling=self.sampling())
+                                       cfg_scale=float(self.config.sample.cfg_scale), sampling=self.sampling())
     return f"wrote {self.write_grid(images, 'var_samples.png')} (rows: classes 0-9 repeated)"
 
 
@@ -320,13 +320,13 @@ class HMARTask(VARTask):
         jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((b, n, cfg.z_channels), jnp.float32),
         jax.ShapeDtypeStruct((b, n), jnp.int32), jax.ShapeDtypeStruct((cfg.vocab_size, cfg.z_channels), jnp.float32)))}
 
-  def sample(self, params, labels, rng, **kwargs):
+  def generate_images(self, params, labels, rng, **kwargs):
+    """`generate_hmar` with this run's tokenizer, schedule and sampling settings (kwargs override them)."""
     s = self.config.sample
-    return image_gen.generate_hmar(self.model, params, self.vq, self.vq_params, labels, rng,
-                                 steps=kwargs.pop("steps", self.schedule), cfg_scale=float(s.cfg_scale),
-                                 sampling=self.sampling(),
-                                 choice_temperature=kwargs.pop("choice_temperature", float(s.get("choice_temperature", 1.0))),
-                                 **kwargs)
+    return image_gen.generate_hmar(
+        self.model, params, self.vq, self.vq_params, labels, rng, steps=kwargs.pop("steps", self.schedule),
+        cfg_scale=float(s.cfg_scale), sampling=self.sampling(),
+        choice_temperature=kwargs.pop("choice_temperature", float(s.get("choice_temperature", 1.0))), **kwargs)
 
   def inpaint(self, params, rng, region: np.ndarray, count: int):
     """The first `count` test images with `region` [H, W] (True = generate) regenerated under their own
@@ -335,12 +335,12 @@ class HMARTask(VARTask):
     feats = self.features("test")  # tokens of the same images, in the same order
     labels, tokens = jnp.asarray(feats["labels"][:count]), jnp.asarray(feats["tokens"][:count])
     known = jnp.broadcast_to(jnp.asarray(image_gen.inpainting_mask(self.var_cfg.scales, region)), tokens.shape)
-    out, _, _ = self.sample(params, labels, rng, known_tokens=tokens, known_mask=known)
+    out, _, _ = self.generate_images(params, labels, rng, known_tokens=tokens, known_mask=known)
     shown = np.where(np.asarray(region)[None], 96, images).astype(np.uint8)  # the region in grey
     return images, shown, np.asarray(out)[..., 0]
 
   def generate(self, params, rng) -> str:
-    images, _, _ = self.sample(params, self.sample_labels(), rng)
+    images, _, _ = self.generate_images(params, self.sample_labels(), rng)
     grid = self.write_grid(images, "hmar_samples.png")
     size = self.vq_cfg.image_size
     region = np.zeros((size, size), bool)
@@ -397,7 +397,7 @@ class RasterARTask(_TokenizedTask):
 
   def generate(self, params, rng) -> str:
     tokens = image_gen.generate_raster_ar(self.model, params, self.sample_labels(), rng, num_tokens=self.seq_len,
-                                        cfg_scale=float(self.config.sample.cfg_scale), sampling=self.sampling())
+                                          cfg_scale=float(self.config.sample.cfg_scale), sampling=self.sampling())
     if self.config.model.tokens == "vq":
       images = self.vq.apply(self.vq_params, tokens, method=MultiScaleVQVAE.decode)
     else:

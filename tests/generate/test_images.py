@@ -46,7 +46,7 @@ def test_cfg_ramp_and_guided_logits():
 def test_var_sample_decodes_its_tokens(var_setup):
   vq, vq_params, var, params = var_setup
   images, tokens = image_gen.generate_var(var, params, vq, vq_params, LABELS, jax.random.key(2), cfg_scale=2.0,
-                                        sampling=SamplingConfig(top_k=8, top_p=0.9))
+                                          sampling=SamplingConfig(top_k=8, top_p=0.9))
   assert images.shape == (3, 8, 8, 1) and images.dtype == jnp.uint8
   assert tokens.shape == (3, VAR_CFG.seq_len) and tokens.dtype == jnp.int32 and int(tokens.max()) < VQ.vocab_size
   np.testing.assert_array_equal(images, jit_helpers.apply(vq, vq_params, tokens, method=MultiScaleVQVAE.decode))
@@ -57,7 +57,7 @@ def test_var_greedy_sample_is_argmax_of_teacher_forcing(var_setup):
   (inputs from `var_inputs`, as in training) reproduces at every scale."""
   vq, vq_params, var, params = var_setup
   _, tokens = image_gen.generate_var(var, params, vq, vq_params, LABELS, jax.random.key(2), cfg_scale=0.0,
-                                   sampling=GREEDY)
+                                     sampling=GREEDY)
   x_in = jit_helpers.apply(vq, vq_params, tokens, method=MultiScaleVQVAE.var_inputs)
   np.testing.assert_array_equal(np.argmax(np.asarray(jit_helpers.apply(var, params, LABELS, x_in)), -1), tokens)
 
@@ -92,7 +92,7 @@ def test_raster_ar_is_causal_and_class_conditioned(raster_setup):
 def test_raster_ar_sample_with_cfg(raster_setup):
   model, params = raster_setup
   out = image_gen.generate_raster_ar(model, params, LABELS, jax.random.key(3), num_tokens=RASTER_LEN, cfg_scale=1.5,
-                                   sampling=SamplingConfig(top_k=5))
+                                     sampling=SamplingConfig(top_k=5))
   assert out.shape == (3, RASTER_LEN) and out.dtype == jnp.int32 and int(out.max()) < 20
 
 

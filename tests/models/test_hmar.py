@@ -163,7 +163,7 @@ def test_inpainting_keeps_the_given_tokens(setup):
   assert known.tolist() == [False] + [True, True, False, False] + [True] * 8 + [False] * 8
   given = jnp.full((2, CFG.seq_len), 3, jnp.int32)
   _, filled, at = image_gen.generate_hmar(model, params, vq, vq_params, labels, jax.random.key(1), steps=steps,
-                                        known_tokens=given, known_mask=jnp.broadcast_to(known, given.shape))
+                                          known_tokens=given, known_mask=jnp.broadcast_to(known, given.shape))
   filled, at = np.asarray(filled), np.asarray(at)
   assert (filled[:, np.asarray(known)] == 3).all() and (at[:, np.asarray(known)] == -1).all()
   assert (at[:, ~np.asarray(known)] >= 0).all()
@@ -175,7 +175,7 @@ def test_one_step_greedy_sample_is_the_argmax_of_the_full_masked_pass(setup):
   teacher-forced all-MASK pass over the sampled tokens' own inputs (the sampler sees what training saw)."""
   vq, vq_params, model, params, labels, *_ = setup
   _, tokens, _ = image_gen.generate_hmar(model, params, vq, vq_params, labels, jax.random.key(0), steps=1,
-                                       cfg_scale=0.0, sampling=GREEDY)
+                                         cfg_scale=0.0, sampling=GREEDY)
   x_in = jax.jit(lambda p, t: vq.apply(p, t, method=MultiScaleVQVAE.var_inputs))(vq_params, tokens)
   logits = jit_helpers.apply(model, params, labels, x_in, jnp.full_like(tokens, MASK), CODEBOOK)
   np.testing.assert_array_equal(np.asarray(tokens), np.asarray(jnp.argmax(logits, -1)))
