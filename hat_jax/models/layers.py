@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hat_jax.kernels import MaskSpec, attention, reference_attention
+from hat_jax.kernels import MaskSpec, attention, cache_attention, reference_attention
 
 Dtype = Any
 
@@ -174,10 +174,11 @@ KV_CACHE_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
 
 
 class KVCache(NamedTuple):
-  """Preallocated per-layer cache. Slots beyond `length` are empty (segment id 0 never matches a query).
+  """Preallocated per-layer cache. Slots from `length` on are never attended: empty (segment id 0), or
+  dropped by a rollback (`crop_caches`) and written over by the next `append`.
 
   k, v: [batch, kv_heads, max_len, head_dim], head-major: a decode step reads each (example, head)'s
-  keys as one contiguous [max_len, head_dim] matrix (`reference_attention(kv_layout="bhtd")`). The
+  keys as one contiguous [max_len, head_dim] matrix (`kernels.reference.cache_attention`). The
   sequence-major layout of the attention kernels made XLA transpose the whole cache on every step,
   3-7x slower decode attention on CPU (experiments/block_throughput/README.md).
   positions, segment_ids: [batch, max_len]; length: [batch] number of filled slots (examples may
@@ -234,12 +235,30 @@ class KVCache(NamedTuple):
         length=nn.with_logical_constraint(self.length, ("batch",)),
     )
 
-  def attend(self, q: jax.Array, mask: MaskSpec, q_positions: jax.Array, q_segment_ids: jax.Array) -> jax.Array:
-    """q [batch, q_len, heads, head_dim] at q_positions -> attention over every cached slot (empty
-    slots are masked by their segment id 0), [batch, q_len, heads, head_dim]."""
-    return reference_attention(q, self.k, self.v, mask, kv_layout="bhtd", q_positions=q_positions,
-                               kv_positions=self.positions, q_segment_ids=q_segment_ids,
-                               kv_segment_ids=self.segment_ids)
+  def attend_and_append(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: MaskSpec, q_positions: jax.Array,
+                        q_segment_ids: jax.Array, kv_positions: jax.Array,
+                        kv_segment_ids: jax.Array) -> tuple[jax.Array, "KVCache"]:
+    """q [batch, q_len, heads, head_dim] at q_positions attends over the filled slots and the t new entries
+    k, v [batch, t, kv_heads, head_dim] (`append`'s arguments), which are appended. Returns (attention
+    output [batch, q_len, heads, head_dim], the cache with the new entries).
+
+    A decode step (one new entry) reads the cache before it is updated, the new entry as a second part of
+    the softmax (`kernels.reference.cache_attention` says why). A chunk (a prefill, a re-decode) is
+    appended first and attended in the cache: read before, its q x t scores would come on top of the
+    q x max_len ones (a prefill's peak memory, measured +6% for a 128-byte prompt in a 2175-slot cache),
+    and a chunk runs once, not once per step."""
+    t, max_len = k.shape[1], self.k.shape[2]
+    if t == 1:
+      out = cache_attention(q, self.k, self.v, k, v, mask, q_positions=q_positions, q_segment_ids=q_segment_ids,
+                            cache_positions=self.positions, cache_segment_ids=self.segment_ids,
+                            cache_length=self.length, kv_positions=kv_positions, kv_segment_ids=kv_segment_ids)
+      return out, self.append(k, v, kv_positions, kv_segment_ids)
+    new = self.append(k, v, kv_positions, kv_segment_ids)
+    written = jnp.arange(max_len)[None] < (self.length + t)[:, None]  # later slots: dropped by a rollback
+    out = reference_attention(q, new.k, new.v, mask, kv_layout="bhtd", q_positions=q_positions,
+                              kv_positions=new.positions, q_segment_ids=q_segment_ids,
+                              kv_segment_ids=jnp.where(written, new.segment_ids, 0))
+    return out, new
 
 
 class Attention(nn.Module):
@@ -295,8 +314,7 @@ class Attention(nn.Module):
       # Generation: dense attention over the head-major cache whatever `attention_impl` is. The
       # kernels skip tiles only for arange positions, which cache slots do not have, so over a cache
       # they would cost as much as this dense pass (and a decode step has one query row).
-      cache = cache.append(k, v, kv_positions, kv_segment_ids)
-      out = cache.attend(q, self.mask, positions, segment_ids)
+      out, cache = cache.attend_and_append(q, k, v, self.mask, positions, segment_ids, kv_positions, kv_segment_ids)
     else:
       by_index = self.mask_by_index and x_kv is None and self.mask.chunk is None
       out = attention(q, k, v, self.mask, impl=self.attention_impl,

@@ -15,7 +15,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from hat_jax.kernels import MaskSpec, attention, block_attention, dense_mask, reference_attention
+from hat_jax.kernels import MaskSpec, attention, block_attention, cache_attention, dense_mask, reference_attention
 from hat_jax.kernels.blocked_xla import blocked_attention
 from hat_jax.kernels import tiling
 
@@ -215,6 +215,56 @@ def test_head_major_kv_layout_matches_sequence_major(name):
     return reference_attention(q, to_hm(k), to_hm(v), spec, kv_layout="bhtd", **kw)
 
   _check_vs_reference(head_major, q, k, v, do, spec, dtype, **kw)
+
+
+@pytest.mark.parametrize("how,case", [("attend_and_append", "decode_window_gqa"),
+                                      ("attend_and_append", "chunk_ragged_rollback"),
+                                      ("cache_attention", "chunk_ragged_rollback")])
+def test_kv_cache_attention_is_reference_over_the_appended_cache(how, case):
+  """A cached attention step (`KVCache.attend_and_append`: a decode step reads the cache before the
+  append with `cache_attention`, a chunk appends first) is attention over the cache after the append,
+  values and gradients, the slots past the written ones excluded (stale entries a rollback left behind).
+  `cache_attention` is also checked on its own with a chunk of new entries."""
+  from hat_jax.models.layers import KVCache
+  b, slots, h, hk, d = 2, 12, 4, 2, 8
+  if case == "decode_window_gqa":  # one new entry per row, rows at different lengths, local window
+    spec, t, length, new_seg = MaskSpec(window=4), 1, np.array([5, 9]), np.ones((b, 1), np.int32)
+  else:  # three new entries, row 1 has only two (the third is padding, segment 0); causal
+    spec, t, length, new_seg = MaskSpec(), 3, np.array([2, 6]), np.array([[1, 1, 1], [1, 1, 0]], np.int32)
+  ks = jax.random.split(jax.random.key(1), 6)
+  q = jax.random.normal(ks[0], (b, t, h, d))
+  k, v = (jax.random.normal(kk, (b, t, hk, d)) for kk in ks[1:3])
+  cache_k, cache_v = (jax.random.normal(kk, (b, hk, slots, d)) for kk in ks[3:5])
+  # Every slot holds an entry of segment 1: from `length` on they are stale (position 0, so they would pass
+  # a causal mask) and must not be attended.
+  slot = np.arange(slots)[None]
+  cache = KVCache(cache_k, cache_v, jnp.asarray(np.where(slot < length[:, None], slot, 0), jnp.int32),
+                  jnp.ones((b, slots), jnp.int32), jnp.asarray(length, jnp.int32))
+  pos = jnp.asarray(length[:, None] + np.arange(t)[None], jnp.int32)
+  seg = jnp.asarray(new_seg)
+
+  def step(q, k, v, ck, cv):
+    if how == "cache_attention":
+      return cache_attention(q, ck, cv, k, v, spec, q_positions=pos, q_segment_ids=seg, cache_positions=cache.positions,
+                             cache_segment_ids=cache.segment_ids, cache_length=cache.length, kv_positions=pos,
+                             kv_segment_ids=seg)
+    return cache._replace(k=ck, v=cv).attend_and_append(q, k, v, spec, pos, seg, pos, seg)[0]
+
+  def appended(q, k, v, ck, cv):
+    full = cache._replace(k=ck, v=cv).append(k, v, pos, seg)
+    live = jnp.where(jnp.arange(slots)[None] < jnp.asarray(length)[:, None] + t, full.segment_ids, 0)
+    return reference_attention(q, full.k, full.v, spec, kv_layout="bhtd", q_positions=pos,
+                               kv_positions=full.positions, q_segment_ids=seg, kv_segment_ids=live)
+
+  args = (q, k, v, cache_k, cache_v)
+  valid = (seg != 0)[:, :, None, None]  # a padding query's output is not defined (and not used)
+  do = jax.random.normal(ks[5], q.shape) * valid
+  out, vjp = jax.vjp(step, *args)
+  want, want_vjp = jax.vjp(appended, *args)
+  _assert_close(out * valid, want * valid, jnp.float32, "output")
+  for name, g, wg in zip(["dq", "dk", "dv", "dcache_k", "dcache_v"], vjp(do), want_vjp(do)):
+    _assert_close(g, wg, jnp.float32, name)
+  assert float(jnp.max(jnp.abs(out))) > 0.1  # not a vacuous all-masked case
 
 
 def test_errors_are_explicit():
