@@ -46,7 +46,6 @@ Returns `tokens` [B, num_new], then `lengths` [B] if `eos_id` is set, then `logi
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -54,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hat_jax.data.batching import stack_prompts
+from hat_jax.generate.loop_jit import loop_jit
 from hat_jax.generate.sampling import GREEDY, SamplingConfig, sample
 from hat_jax.models.block_transformer import BlockTransformer, BlockTransformerConfig
 from hat_jax.models.decoder_lm import DecoderLM, DecoderLMConfig
@@ -151,7 +151,7 @@ def _decode_loop(step, chunk, chunk_logits, state, num_chunks: int, *, eos_id: i
 _STATIC = ("cfg", "num_new", "sampling", "eos_id", "return_logits")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@loop_jit(static_argnames=_STATIC)
 def _block_generate(cfg: BlockTransformerConfig, params, prompt, prompt_lengths, rng, *, num_new, sampling,
                     eos_id, return_logits):
   model = BlockTransformer(cfg)
@@ -188,7 +188,7 @@ def _block_generate(cfg: BlockTransformerConfig, params, prompt, prompt_lengths,
                       return_logits=return_logits)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@loop_jit(static_argnames=_STATIC)
 def _decoder_lm_generate(cfg: DecoderLMConfig, params, prompt, prompt_lengths, rng, *, num_new, sampling, eos_id,
                          return_logits):
   model = DecoderLM(cfg)

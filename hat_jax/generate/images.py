@@ -7,10 +7,10 @@
   images = generate_axial(model, params, labels, rng)                                        # row by row
   write_png(path, image_grid(images, rows=4))
 
-Each sampler is one jitted program that runs the model's cached step (`VAR.step`, a `DecoderLM` with
-KV caches for the raster AR, `AxialTransformer.context` / `inner_logits`) once per sequential pass and draws every token with
-`hat_jax.generate.sampling` (`sampling`: a SamplingConfig; temperature 0 = greedy). The rng is folded in
-per pass, so a call is a pure function of its arguments.
+Each `generate_<family>` is one jitted program (`loop_jit`) that runs the model's cached step (`VAR.step`,
+a `DecoderLM` with KV caches for the raster AR, `AxialTransformer.context` / `inner_logits`) once per
+sequential pass and draws every token with `hat_jax.generate.sampling` (`sampling`: a SamplingConfig; temperature 0 = greedy).
+The rng is folded in per pass, so a call is a pure function of its arguments.
 
 Classifier-free guidance (VAR, raster AR): the batch is doubled ([labels; null class], the last class id,
 which training sees through label dropout) and the two halves' logits are combined as
@@ -22,13 +22,12 @@ HMAR guides as VAR does, with the same t at every masked step of a scale.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from hat_jax.generate.loop_jit import loop_jit
 from hat_jax.generate.sampling import SamplingConfig, filtered_logits, sample
 from hat_jax.models import hmar as hmar_lib
 from hat_jax.models import layers
@@ -62,7 +61,7 @@ def with_null_class(labels: jax.Array, num_classes: int) -> jax.Array:
 # Samplers
 
 
-@functools.partial(jax.jit, static_argnames=("var", "vq", "cfg_scale", "sampling"))
+@loop_jit(static_argnames=("var", "vq", "cfg_scale", "sampling"))
 def generate_var(var: VAR, var_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
                  cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig()):
   """Next-scale sampling: one cached VAR step per scale, CFG ramped over the scales.
@@ -95,7 +94,7 @@ def tokenizer_codebook(vq: MultiScaleVQVAE) -> jax.Array:
   return vq.quantizer.codebook
 
 
-@functools.partial(jax.jit, static_argnames=("hmar", "vq", "steps", "cfg_scale", "sampling", "choice_temperature"))
+@loop_jit(static_argnames=("hmar", "vq", "steps", "cfg_scale", "sampling", "choice_temperature"))
 def generate_hmar(hmar: HMAR, hmar_params, vq: MultiScaleVQVAE, vq_params, labels: jax.Array, rng: jax.Array, *,
                   steps, cfg_scale: float = 2.0, sampling: SamplingConfig = SamplingConfig(),
                   choice_temperature: float = 1.0, known_tokens: jax.Array | None = None,
@@ -187,7 +186,7 @@ def inpainting_mask(scales, region: np.ndarray) -> np.ndarray:
   return np.concatenate(known)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_tokens", "cfg_scale", "sampling"))
+@loop_jit(static_argnames=("model", "num_tokens", "cfg_scale", "sampling"))
 def generate_raster_ar(model: DecoderLM, params, labels: jax.Array, rng: jax.Array, *, num_tokens: int,
                        cfg_scale: float = 0.0, sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
   """`num_tokens` sequential cached steps of a class-conditioned `DecoderLM` (a fori_loop: one compiled
@@ -217,7 +216,7 @@ def generate_raster_ar(model: DecoderLM, params, labels: jax.Array, rng: jax.Arr
   return jax.lax.fori_loop(0, num_tokens, body, init)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampling"))
+@loop_jit(static_argnames=("model", "sampling"))
 def generate_axial(model: AxialTransformer, params, labels: jax.Array, rng: jax.Array, *,
                    sampling: SamplingConfig = SamplingConfig()) -> jax.Array:
   """Semi-parallel sampling, row by row. labels [B] -> uint8 images [B, H, W, 1]."""

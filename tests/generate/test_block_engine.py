@@ -60,6 +60,18 @@ def test_decoder_lm_cached_generation_equals_uncached_logits():
   np.testing.assert_array_equal(out, np.argmax(np.asarray(ref[:, 4:-1]), axis=-1))
 
 
+def test_generate_inside_a_users_jit_is_the_same_program():
+  """The engines compile with loop_jit's compiler options, which jax accepts only on the outermost jit:
+  wrapped in another jit (as experiments/block_throughput compiles it), generate must still run, and
+  compute the same."""
+  cfg, _, params = decoder_setup()
+  p = prompt(length=5)
+  direct = decoder_lm_generate(cfg, params, p, jax.random.key(1), num_new=6, return_logits=True)
+  wrapped = jax.jit(lambda params, p: generate(cfg, params, p, jax.random.key(1), num_new=6, return_logits=True))
+  for got, want in zip(wrapped(params, p), direct):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_layout_prompt_left_pads_each_row_to_its_block_boundary():
   p = jnp.broadcast_to(jnp.arange(6), (3, 6))
   tokens, segments = layout_prompt(p, jnp.array([6, 4, 1]), L, 256)
