@@ -16,7 +16,10 @@ asked), and an untrained model emits uniformly random bytes (~1.3 bytes per word
 needing the host). So by default the HAT model is first trained for --train_steps steps on the English
 corpus (cached under --cache_dir; `python -m hat_jax.data prepare english` first), which is enough for
 letters, spaces and punctuation in realistic proportions; --train_steps=0 benchmarks the random init.
-The byte baseline's speed does not depend on its weights (random init).
+The byte baseline's speed does not depend on its weights (random init). --workdir=<a run's workdir>
+benchmarks that run's latest checkpoint instead, e.g. the quickstart's model:
+
+  python tools/bench_generate.py --workdir=runs/quickstart    # after the README's quickstart
 """
 
 from __future__ import annotations
@@ -39,10 +42,13 @@ from hat_jax.data.splitter import BOS
 from hat_jax.generate.block_engine import decoder_lm_generate
 from hat_jax.generate.hat_engine import make_engine
 from hat_jax.generate.hat_sampler import HATSampler, PaperHATSampler
-from hat_jax.train import lm_tasks
+from hat_jax.train import lm_tasks, trainer
 
 
-def hat_params(task: lm_tasks.HATTask, steps: int, cache_dir: str, size: str, variant: str):
+def hat_params(task: lm_tasks.HATTask, steps: int, cache_dir: str, size: str, variant: str, workdir: str):
+  if workdir:
+    _, params, step = trainer.restore_params(task.config, workdir)
+    return params, f"restored from {workdir} (step {step})"
   params = nn.unbox(task.init_params(jax.random.key(0)))
   if steps <= 0:
     return params, "random init"
@@ -84,6 +90,8 @@ def main():
   parser.add_argument("--new_bytes", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--train_steps", type=int, default=120)
+  parser.add_argument("--workdir", default="", help="benchmark this run's latest checkpoint (its config must be "
+                      "configs/hat.py with --size and --variant) instead of training for --train_steps")
   parser.add_argument("--old_sampler_max_batch", type=int, default=64, help="skip the old sampler above this")
   parser.add_argument("--cache_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "hat_jax_bench"))
   parser.add_argument("--quick", action="store_true", help="new_bytes=96, repeats=3, train_steps=60")
@@ -98,7 +106,7 @@ def main():
 
   hat = lm_tasks.HATTask(hat_config.get_config(f"size={args.size},variant={args.variant}"))
   base = lm_tasks.BytesTask(bytes_config.get_config(f"size={args.size}"))
-  params, how = hat_params(hat, args.train_steps, args.cache_dir, args.size, args.variant)
+  params, how = hat_params(hat, args.train_steps, args.cache_dir, args.size, args.variant, args.workdir)
   base_params = nn.unbox(base.init_params(jax.random.key(1)))
   cfg, s = hat.model_cfg, hat.config.sample
   sampling = hat.sampling_config()
