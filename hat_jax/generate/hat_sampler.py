@@ -217,8 +217,8 @@ class HATSampler:
         has = n_finished > i
         length = np.array([len(w[i]) if h else 0 for w, h in zip(splits, has)], np.int32)
         out, caches["backbone"] = self._backbone(
-            params, h_hist, cur_start[:, None].astype(np.int32), length[:, None], cur_word_pos[:, None].astype(np.int32),
-            has[:, None], caches["backbone"])
+            params, h_hist, cur_start[:, None].astype(np.int32), length[:, None],
+            cur_word_pos[:, None].astype(np.int32), has[:, None], caches["backbone"])
         guides.append(jnp.where(has[:, None], out[:, 0], guides[-1]))
         cur_start = cur_start + length
         cur_word_pos = cur_word_pos + has
@@ -333,5 +333,6 @@ class PaperHATSampler:
           current[b] = bytearray()
       if done.all():
         break
-    return [Generation(prompt=bytes(p), generated=bytes(g), words=complete[b] + ([bytes(current[b])] if current[b] else []))
+    return [Generation(prompt=bytes(p), generated=bytes(g),
+                       words=complete[b] + ([bytes(current[b])] if current[b] else []))
             for b, (p, g) in enumerate(zip(prompts, generated))]

@@ -9,8 +9,8 @@
 
 Each `generate_<family>` is one jitted program (`loop_jit`) that runs the model's cached step (`VAR.step`,
 a `DecoderLM` with KV caches for the raster AR, `AxialTransformer.context` / `inner_logits`) once per
-sequential pass and draws every token with `hat_jax.generate.sampling` (`sampling`: a SamplingConfig; temperature 0 = greedy).
-The rng is folded in per pass, so a call is a pure function of its arguments.
+sequential pass and draws every token with `hat_jax.generate.sampling` (`sampling`: a SamplingConfig;
+temperature 0 = greedy). The rng is folded in per pass, so a call is a pure function of its arguments.
 
 Classifier-free guidance (VAR, raster AR): the batch is doubled ([labels; null class], the last class id,
 which training sees through label dropout) and the two halves' logits are combined as
