@@ -56,7 +56,7 @@ from hat_jax.generate.hat_sampler import (Generation, _check_sampler_inputs, fra
 from hat_jax.generate.loop_jit import loop_jit
 from hat_jax.generate.sampling import SamplingConfig, filtered_logits, sample
 from hat_jax.models.hat import HAT, HATConfig, PaperHAT, empty_caches
-from hat_jax.models.layers import crop_caches, empty_caches as stack_caches
+from hat_jax.models.layers import crop_caches, empty_caches as stack_caches, reset_caches
 
 RUN, BLOCKED, DONE, WAIT = 0, 1, 2, 3
 _WORD_KEYS = ("cur_start", "cur_wpos", "word_starts", "bb_calls", "words")  # what a word step changes
@@ -500,14 +500,31 @@ class PaperHATEngine:
     out, caches = word_step(ids, mask, pos, valid, caches)
     prev = out[jnp.arange(batch), n_complete - 1]
     rows = jnp.arange(batch)
-    st = dict(i=jnp.int32(0), caches=caches, prev=prev, cur=cur, cur_len=cur_len, wpos=n_complete,
-              gen=jnp.zeros((batch, max_new), jnp.int32), gen_len=jnp.zeros(batch, jnp.int32),
-              ends=jnp.zeros((batch, max_new + 1), bool), done=jnp.zeros(batch, bool), words=jnp.int32(0),
-              calls=jnp.int32(0))
+    # The per-word decoder runs cached, one byte per step (the sampler reruns it over the whole word): its
+    # caches hold the current word's `[p] c_1..c_n` and are emptied when a word ends. Prefill: the prompt's
+    # unfinished word.
+    slots = jnp.arange(m + 1)
+    logits, dec = model.apply(params, model.apply(params, prev[:, None], cur, method=PaperHAT.decoder_inputs),
+                              jnp.broadcast_to(slots, (batch, m + 1)),
+                              (slots[None] <= cur_len[:, None]).astype(jnp.int32),
+                              stack_caches(cfg.decoder, batch, m + 1, cfg.jnp_dtype), method=PaperHAT.decode_cached)
+    st = dict(i=jnp.int32(0), caches=caches, dec=dec, next_logits=logits[rows, cur_len], prev=prev, cur=cur,
+              cur_len=cur_len, wpos=n_complete, gen=jnp.zeros((batch, max_new), jnp.int32),
+              gen_len=jnp.zeros(batch, jnp.int32), ends=jnp.zeros((batch, max_new + 1), bool),
+              done=jnp.zeros(batch, bool), words=jnp.int32(0), calls=jnp.int32(0))
+
+    def decode(st, finished, append, new):
+      """One cached decoder step: a finished word's row starts the next word with its new predictive
+      vector (position 0, emptied caches), an appended byte goes in at its position in the word."""
+      step = finished | append
+      both = model.apply(params, st["prev"][:, None], new[:, None], method=PaperHAT.decoder_inputs)  # [B, 2, d]
+      x = jnp.where(finished[:, None], both[:, 0], both[:, 1])
+      logits, dec = model.apply(params, x[:, None], st["cur_len"][:, None], step[:, None].astype(jnp.int32),
+                                reset_caches(st["dec"], finished), method=PaperHAT.decode_cached)
+      return dict(st, dec=dec, next_logits=jnp.where(step[:, None], logits[:, 0], st["next_logits"]))
 
     def body(st):
-      logits = model.apply(params, st["prev"][:, None], st["cur"][:, None], method=PaperHAT.decode_words)[:, 0]
-      new = sample(logits[rows, st["cur_len"]], keys[st["i"]], sampling)
+      new = sample(st["next_logits"], keys[st["i"]], sampling)
       active = ~st["done"]
       ends = (new == END_OF_WORD) | (st["cur_len"] == m)
       finished = active & ends & (st["cur_len"] > 0)
@@ -528,7 +545,7 @@ class PaperHATEngine:
                     calls=st["calls"] + 1)
 
       st = jax.lax.cond(jnp.any(finished), finish, lambda s: s, st)
-      return dict(st, i=st["i"] + 1)
+      return dict(decode(st, finished, append, new), i=st["i"] + 1)
 
     st = jax.lax.while_loop(lambda s: (s["i"] < max_new) & ~jnp.all(s["done"]), body, st)
     return {k: st[k] for k in ("gen", "gen_len", "ends", "i", "words", "calls")}

@@ -458,10 +458,20 @@ class PaperHAT(nn.Module):
     """Predictive vectors [B, W, D] + bytes [B, W, M] -> logits [B, W, M+1, 256] for `c_1..c_M, [W]`
     from the inputs `[p_{j-1}] c_1..c_M` (causal within the word)."""
     b, w, m = byte_ids.shape
-    dec_in = jnp.concatenate([self.to_decoder(prev)[:, :, None], self.decoder_embed(byte_ids)], axis=2)
-    dec_in, pos = self._per_word(dec_in)
+    dec_in, pos = self._per_word(self.decoder_inputs(prev[:, :, None], byte_ids))
     h, _ = self.decoder(dec_in, positions=pos, segment_ids=jnp.ones((b * w, m + 1), jnp.int32))
     return self.lm_head(self.final_norm(h)).astype(jnp.float32).reshape(b, w, m + 1, VOCAB_SIZE)
+
+  def decoder_inputs(self, prev, byte_ids):
+    """[p] [..., 1, D] + bytes [..., n] -> the decoder's inputs [..., 1 + n, d_dec]: `[p] c_1..c_n`."""
+    return jnp.concatenate([self.to_decoder(prev), self.decoder_embed(byte_ids)], axis=-2)
+
+  def decode_cached(self, dec_in, positions, segment_ids, caches):
+    """Generation: decoder inputs [B, T, d_dec] (`decoder_inputs`; position 0 = the word's predictive
+    vector, k = its k-th byte) through the per-word decoder with KV caches of M + 1 slots, emptied at
+    each new word -> (logits [B, T, 256], caches): row t is `decode_words`' row at that position."""
+    h, caches = self.decoder(dec_in, positions=positions, segment_ids=segment_ids, caches=caches)
+    return self.lm_head(self.final_norm(h)).astype(jnp.float32), caches
 
   def __call__(self, batch):
     """Returns (logits [B, W, M+1, 256], targets [B, W, M+1], mask [B, W, M+1])."""

@@ -459,6 +459,14 @@ def caches_length(caches) -> jax.Array:
   return caches.length[0] if isinstance(caches, KVCache) else caches[0].length
 
 
+def reset_caches(caches, rows: jax.Array):
+  """Empty the caches of the rows where `rows` [batch] is True (a new sequence starts there); either cache
+  layout. Their old entries stay in place, never attended again (`KVCache`), and are written over."""
+  def reset(c):
+    return c._replace(length=jnp.where(rows, 0, c.length))
+  return reset(caches) if isinstance(caches, KVCache) else tuple(reset(c) for c in caches)
+
+
 def crop_caches(caches, amount: jax.Array):
   """Forget the last `amount` [batch] entries of every layer's cache (rollback); either cache layout."""
   if isinstance(caches, KVCache):

@@ -180,6 +180,36 @@ def test_paper_variant_sampler_follows_its_own_uncached_forward(bos):
       assert expected[len(word)] == END_OF_WORD
 
 
+def test_paper_cached_decoder_equals_decode_words_across_a_word_reset():
+  """The paper engine's decoder: `decode_cached` step by step (and a prefilled chunk) gives `decode_words`'
+  rows, and after `reset_caches` at a word end the next word's steps see only that word."""
+  from hat_jax.models.hat import PaperHAT
+  from hat_jax.models.layers import empty_caches, reset_caches
+  cfg = hat_cfg("paper")
+  model = build_hat(cfg)
+  params = jit_helpers.init(model, jax.random.key(2), packed_batch(), method=model.loss_and_metrics)
+  ks = jax.random.split(jax.random.key(3), 4)
+  prev = jax.random.normal(ks[0], (2, 2, cfg.backbone.d_model))  # [B, W=2 words, D]
+  words = jax.random.randint(ks[1], (2, 2, M), 0, 256)
+  want = model.apply(params, prev, words, method=PaperHAT.decode_words)  # [B, 2, M+1, 256]
+  apply = jax.jit(lambda *a: model.apply(params, *a, method=PaperHAT.decode_cached))
+  caches = empty_caches(cfg.decoder, 2, M + 1, jnp.float32)
+  # Word 0: the first 3 positions as one prefilled chunk, then one position per step.
+  inputs = model.apply(params, prev[:, 0, None], words[:, 0], method=PaperHAT.decoder_inputs)  # [B, M+1, d]
+  got, caches = apply(inputs[:, :3], jnp.broadcast_to(jnp.arange(3), (2, 3)), jnp.ones((2, 3), jnp.int32), caches)
+  rows = [got]
+  for k in range(3, M + 1):
+    step, caches = apply(inputs[:, k:k + 1], jnp.full((2, 1), k), jnp.ones((2, 1), jnp.int32), caches)
+    rows.append(step)
+  np.testing.assert_allclose(jnp.concatenate(rows, 1), want[:, 0], atol=1e-4, rtol=1e-4)
+  # Word 1 after emptying both rows' caches.
+  caches = reset_caches(caches, jnp.array([True, True]))
+  inputs = model.apply(params, prev[:, 1, None], words[:, 1], method=PaperHAT.decoder_inputs)
+  for k in range(M + 1):
+    step, caches = apply(inputs[:, k:k + 1], jnp.full((2, 1), k), jnp.ones((2, 1), jnp.int32), caches)
+    np.testing.assert_allclose(step[:, 0], want[:, 1, k], atol=1e-4, rtol=1e-4)
+
+
 # -- the word pool: linear segment softmax against the dense [B, S, W] formulation ------------------------
 
 
