@@ -32,8 +32,10 @@ exactly as the sampler does (a backbone step per finished word, a decoder rollba
 boundary showed late) before it loops again. The first call also runs the prefill, so a generation without
 host visits is one dispatch. On English text the table leaves 0.07% of bytes to the host.
 
-paper. Nothing needs the host: the loop (per-word decoder, [W] ends a word, word step on the backbone)
-runs in lockstep as the sampler does, inside one `lax.while_loop`.
+paper. Nothing needs the host. The per-word decoder runs cached, one byte per step (its caches emptied at
+each word end); a row whose decoder emits [W] (or fills max_word_bytes) waits for its word step (encoder
+over the word, one backbone step), which runs for all waiting rows at once, as above; rows draw their own
+steps' uniform numbers, so they need not move in lockstep as the sampler's rows do.
 
 `bos` (constructor, as the samplers' and `data.bos`): prompts are framed as [BOS] + prompt (BOS a one-byte
 word) or, with bos=False, as the prompt alone (`hat_sampler.prompt_words`; it must not be empty).
@@ -54,7 +56,7 @@ from hat_jax.generate import word_table as wt
 from hat_jax.generate.hat_sampler import (Generation, _check_sampler_inputs, framed_prompts, paper_prompts,
                                           word_arrays)
 from hat_jax.generate.loop_jit import loop_jit
-from hat_jax.generate.sampling import SamplingConfig, filtered_logits, sample
+from hat_jax.generate.sampling import SamplingConfig, filtered_logits
 from hat_jax.models.hat import HAT, HATConfig, PaperHAT, empty_caches
 from hat_jax.models.layers import crop_caches, empty_caches as stack_caches, reset_caches
 
@@ -475,18 +477,25 @@ class HATEngine:
 
 class PaperHATEngine:
   """Device-loop generation for the paper's HAT (`variant="paper"`); `PaperHATSampler.generate`'s interface.
-  The whole generation is one `lax.while_loop` in lockstep, as the sampler's Python loop."""
 
-  def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_words: int = 256, bos: bool = True):
+  One jitted call, no host visits. Rows are ragged, as in `HATEngine`: each draws the sampler's uniform
+  number for its own step; a row that ends a word waits for its word step (encoder over the word, one
+  backbone step), which runs once `backbone_rows` rows wait (default three quarters of the batch) or no
+  row can go on, for all waiting rows at once; the per-word decoder runs cached, one byte per step.
+  The sampler instead takes a word step on every byte at which any row ends a word."""
+
+  def __init__(self, cfg: HATConfig, params, splitter: WordSplitter, max_total_words: int = 256, bos: bool = True,
+               backbone_rows: int | None = None):
     _check_sampler_inputs(cfg, splitter, ("paper",), "HATEngine")
     self.cfg, self.splitter, self.max_words, self.bos = cfg, splitter, max_total_words, bos
+    self.backbone_rows = backbone_rows
     self.params = jax.device_put(params)  # once, as above
     self.model = PaperHAT(cfg)
     self.stats = EngineStats()
-    self._run = loop_jit(self._run_fn, static_argnames=("sampling", "stop_at_eod", "max_new", "size"))
+    self._run = loop_jit(self._run_fn, static_argnames=("sampling", "stop_at_eod", "max_new", "size", "wait_rows"))
 
-  def _run_fn(self, params, ids, mask, valid, n_complete, cur, cur_len, keys, *, sampling, stop_at_eod, max_new,
-              size):
+  def _run_fn(self, params, ids, mask, valid, n_complete, cur, cur_len, uniforms, *, sampling, stop_at_eod, max_new,
+              size, wait_rows):
     cfg, model = self.cfg, self.model
     m = cfg.max_word_bytes
     batch = ids.shape[0]
@@ -508,46 +517,67 @@ class PaperHATEngine:
                               jnp.broadcast_to(slots, (batch, m + 1)),
                               (slots[None] <= cur_len[:, None]).astype(jnp.int32),
                               stack_caches(cfg.decoder, batch, m + 1, cfg.jnp_dtype), method=PaperHAT.decode_cached)
+    zeros = jnp.zeros(batch, bool)
     st = dict(i=jnp.int32(0), caches=caches, dec=dec, next_logits=logits[rows, cur_len], prev=prev, cur=cur,
               cur_len=cur_len, wpos=n_complete, gen=jnp.zeros((batch, max_new), jnp.int32),
-              gen_len=jnp.zeros(batch, jnp.int32), ends=jnp.zeros((batch, max_new + 1), bool),
-              done=jnp.zeros(batch, bool), words=jnp.int32(0), calls=jnp.int32(0))
+              gen_len=jnp.zeros(batch, jnp.int32), ends=jnp.zeros((batch, max_new + 1), bool), done=zeros,
+              words=jnp.int32(0), calls=jnp.int32(0), n=jnp.zeros(batch, jnp.int32), wait=zeros, ready=zeros,
+              first=zeros, last=jnp.zeros(batch, jnp.int32))
 
-    def decode(st, finished, append, new):
-      """One cached decoder step: a finished word's row starts the next word with its new predictive
-      vector (position 0, emptied caches), an appended byte goes in at its position in the word."""
-      step = finished | append
-      both = model.apply(params, st["prev"][:, None], new[:, None], method=PaperHAT.decoder_inputs)  # [B, 2, d]
-      x = jnp.where(finished[:, None], both[:, 0], both[:, 1])
-      logits, dec = model.apply(params, x[:, None], st["cur_len"][:, None], step[:, None].astype(jnp.int32),
-                                reset_caches(st["dec"], finished), method=PaperHAT.decode_cached)
-      return dict(st, dec=dec, next_logits=jnp.where(step[:, None], logits[:, 0], st["next_logits"]))
+    def decode_ready(st):
+      """One cached decoder step for the `ready` rows: a row whose word just took its word step starts the
+      next word with its new predictive vector (position 0, emptied caches); a row that appended a byte
+      puts it in at its position in the word."""
+      first, ready = st["first"], st["ready"]
+      both = model.apply(params, st["prev"][:, None], st["last"][:, None], method=PaperHAT.decoder_inputs)
+      x = jnp.where(first[:, None], both[:, 0], both[:, 1])  # [B, d]
+      logits, dec = model.apply(params, x[:, None], st["cur_len"][:, None], ready[:, None].astype(jnp.int32),
+                                reset_caches(st["dec"], first & ready), method=PaperHAT.decode_cached)
+      return dict(st, dec=dec, next_logits=jnp.where(ready[:, None], logits[:, 0], st["next_logits"]),
+                  ready=jnp.zeros_like(ready), first=jnp.zeros_like(first))
 
-    def body(st):
-      new = sample(st["next_logits"], keys[st["i"]], sampling)
-      active = ~st["done"]
+    def byte_body(st):
+      """Decode the ready rows, then one byte for every row that can go on: sample with the row's own
+      step's uniform number, append it or end the word (the row then waits for its word step)."""
+      st = decode_ready(st)
+      active = ~st["done"] & ~st["wait"] & (st["n"] < max_new)
+      new = sample_rows(st["next_logits"], uniforms[jnp.minimum(st["n"], max_new - 1), rows], sampling)
       ends = (new == END_OF_WORD) | (st["cur_len"] == m)
       finished = active & ends & (st["cur_len"] > 0)
-      append = active & ~ends
+      append = active & ~ends  # (an empty word's [W] is a step that changes nothing but the row's step count)
       cur = st["cur"].at[rows, jnp.where(append, st["cur_len"], m)].set(new, mode="drop")
       gen = st["gen"].at[rows, jnp.where(append, st["gen_len"], max_new)].set(new, mode="drop")
-      st = dict(st, cur=cur, cur_len=st["cur_len"] + append, gen=gen, gen_len=st["gen_len"] + append,
-                done=st["done"] | (append & stop_at_eod & (new == EOD)))
+      return dict(st, cur=cur, cur_len=st["cur_len"] + append, gen=gen, gen_len=st["gen_len"] + append,
+                  done=st["done"] | (append & stop_at_eod & (new == EOD)), wait=st["wait"] | finished,
+                  ready=append, last=jnp.where(append, new, st["last"]), n=st["n"] + active, i=st["i"] + 1)
 
-      def finish(st):
-        ids = st["cur"][:, None]
-        mask = (jnp.arange(m)[None] < st["cur_len"][:, None])[:, None]
-        out, caches = word_step(ids, mask, st["wpos"][:, None], finished[:, None], st["caches"])
-        ends = st["ends"].at[rows, jnp.where(finished, st["gen_len"], max_new + 1)].set(True, mode="drop")
-        return dict(st, caches=caches, prev=jnp.where(finished[:, None], out[:, 0], st["prev"]),
-                    wpos=st["wpos"] + finished, ends=ends, cur=jnp.where(finished[:, None], 0, st["cur"]),
-                    cur_len=jnp.where(finished, 0, st["cur_len"]), words=st["words"] + jnp.sum(finished),
-                    calls=st["calls"] + 1)
+    def fire_due(st):
+      """The word step runs for the waiting rows once `wait_rows` wait (its weights are read once for any
+      number of rows), or when no row can go on without it."""
+      n_wait = jnp.sum(st["wait"])
+      can_go = ~st["done"] & ~st["wait"] & (st["n"] < max_new)
+      return (n_wait >= wait_rows) | ((n_wait > 0) & ~jnp.any(can_go))
 
-      st = jax.lax.cond(jnp.any(finished), finish, lambda s: s, st)
-      return dict(decode(st, finished, append, new), i=st["i"] + 1)
+    def fire(st):
+      """The waiting rows' words through the encoder and one backbone step (the others masked)."""
+      wait = st["wait"]
+      mask = (jnp.arange(m)[None] < st["cur_len"][:, None])[:, None]
+      out, caches = word_step(st["cur"][:, None], mask, st["wpos"][:, None], wait[:, None], st["caches"])
+      ends = st["ends"].at[rows, jnp.where(wait, st["gen_len"], max_new + 1)].set(True, mode="drop")
+      return dict(st, caches=caches, prev=jnp.where(wait[:, None], out[:, 0], st["prev"]), wpos=st["wpos"] + wait,
+                  ends=ends, cur=jnp.where(wait[:, None], 0, st["cur"]), cur_len=jnp.where(wait, 0, st["cur_len"]),
+                  words=st["words"] + jnp.sum(wait), calls=st["calls"] + 1, wait=jnp.zeros_like(wait),
+                  ready=st["ready"] | wait, first=wait)
 
-    st = jax.lax.while_loop(lambda s: (s["i"] < max_new) & ~jnp.all(s["done"]), body, st)
+    def bytes_until_fire(st):
+      """The byte loop, nested in the word steps' (it does not carry the backbone caches)."""
+      def go_on(s):
+        return jnp.any(~s["done"] & ~s["wait"] & (s["n"] < max_new)) & ~fire_due(s)
+      backbone = st["caches"]
+      inner = jax.lax.while_loop(go_on, byte_body, {k: v for k, v in st.items() if k != "caches"})
+      return dict(inner, caches=backbone)
+
+    st = jax.lax.while_loop(fire_due, lambda s: bytes_until_fire(fire(s)), bytes_until_fire(st))
     return {k: st[k] for k in ("gen", "gen_len", "ends", "i", "words", "calls")}
 
   def generate(self, prompts: Sequence[bytes], max_new_bytes: int, rng: jax.Array,
@@ -560,10 +590,12 @@ class PaperHATEngine:
     cur = np.zeros((batch, m), np.int32)
     for b, c in enumerate(current):
       cur[b, :len(c)] = np.frombuffer(c, np.uint8)
-    keys = step_keys(rng, max_new_bytes) if not sampling.greedy else jnp.zeros((max_new_bytes,), jnp.int32)
+    uniforms = (jnp.zeros((max_new_bytes, batch)) if sampling.greedy
+                else step_uniforms(step_keys(rng, max_new_bytes), batch))
     out = self._run(self.params, ids, mask, valid, np.array([len(c) for c in complete], np.int32), cur,
-                    np.array([len(c) for c in current], np.int32), keys, sampling=sampling,
-                    stop_at_eod=stop_at_eod, max_new=max_new_bytes, size=size)
+                    np.array([len(c) for c in current], np.int32), uniforms, sampling=sampling,
+                    stop_at_eod=stop_at_eod, max_new=max_new_bytes, size=size,
+                    wait_rows=self.backbone_rows or max(1, 3 * batch // 4))
     gen, gen_len, ends = (np.asarray(out[k]) for k in ("gen", "gen_len", "ends"))
     self.stats = EngineStats(int(out["i"]), 0, int(out["calls"]), int(out["words"]), int(gen_len.sum()))
     results = []

@@ -183,12 +183,16 @@ def test_paper_engine_equals_sampler():
   model = build_hat(cfg)
   params = jit_helpers.init(model, jax.random.key(2), packed_batch(), method=model.loss_and_metrics)
   splitter = WordSplitter(max_word_bytes=M)
-  sampler, engine = PaperHATSampler(cfg, params, splitter, 64), PaperHATEngine(cfg, params, splitter, 64)
+  sampler = PaperHATSampler(cfg, params, splitter, 64)
   prompts = [b"The cat sat", b"", b"x"]
-  for sampling, seed in ((SamplingConfig(temperature=1.0), 0), (GREEDY, 1)):
-    args = (prompts, 30, jax.random.key(seed), sampling)
-    _same(sampler.generate(*args), engine.generate(*args), logits=False)
-  assert engine.stats.words > 0
+  # Word steps as soon as a row waits (1), the default (2 of 3 rows), or only when no row can go on (3):
+  # when a row's word step runs must not change what it generates.
+  for rows in (1, None, 3):
+    engine = PaperHATEngine(cfg, params, splitter, 64, backbone_rows=rows)
+    for sampling, seed in ((SamplingConfig(temperature=1.0), 0), (GREEDY, 1)):
+      args = (prompts, 30, jax.random.key(seed), sampling)
+      _same(sampler.generate(*args), engine.generate(*args), logits=False)
+    assert engine.stats.words > 0
 
 
 def test_paper_engine_equals_sampler_quick():
