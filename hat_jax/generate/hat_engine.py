@@ -536,11 +536,15 @@ class PaperHATEngine:
       return dict(st, dec=dec, next_logits=jnp.where(ready[:, None], logits[:, 0], st["next_logits"]),
                   ready=jnp.zeros_like(ready), first=jnp.zeros_like(first))
 
+    def can_go(st):
+      """[B]: rows that can draw a byte now (not done, not waiting for a word step, steps left)."""
+      return ~st["done"] & ~st["wait"] & (st["n"] < max_new)
+
     def byte_body(st):
       """Decode the ready rows, then one byte for every row that can go on: sample with the row's own
       step's uniform number, append it or end the word (the row then waits for its word step)."""
       st = decode_ready(st)
-      active = ~st["done"] & ~st["wait"] & (st["n"] < max_new)
+      active = can_go(st)
       new = sample_rows(st["next_logits"], uniforms[jnp.minimum(st["n"], max_new - 1), rows], sampling)
       ends = (new == END_OF_WORD) | (st["cur_len"] == m)
       finished = active & ends & (st["cur_len"] > 0)
@@ -555,8 +559,7 @@ class PaperHATEngine:
       """The word step runs for the waiting rows once `wait_rows` wait (its weights are read once for any
       number of rows), or when no row can go on without it."""
       n_wait = jnp.sum(st["wait"])
-      can_go = ~st["done"] & ~st["wait"] & (st["n"] < max_new)
-      return (n_wait >= wait_rows) | ((n_wait > 0) & ~jnp.any(can_go))
+      return (n_wait >= wait_rows) | ((n_wait > 0) & ~jnp.any(can_go(st)))
 
     def fire(st):
       """The waiting rows' words through the encoder and one backbone step (the others masked)."""
@@ -571,10 +574,9 @@ class PaperHATEngine:
 
     def bytes_until_fire(st):
       """The byte loop, nested in the word steps' (it does not carry the backbone caches)."""
-      def go_on(s):
-        return jnp.any(~s["done"] & ~s["wait"] & (s["n"] < max_new)) & ~fire_due(s)
       backbone = st["caches"]
-      inner = jax.lax.while_loop(go_on, byte_body, {k: v for k, v in st.items() if k != "caches"})
+      inner = jax.lax.while_loop(lambda s: jnp.any(can_go(s)) & ~fire_due(s), byte_body,
+                                 {k: v for k, v in st.items() if k != "caches"})
       return dict(inner, caches=backbone)
 
     st = jax.lax.while_loop(fire_due, lambda s: bytes_until_fire(fire(s)), bytes_until_fire(st))
