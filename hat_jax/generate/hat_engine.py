@@ -96,6 +96,28 @@ def sample_rows(logits: jax.Array, u: jax.Array, sampling: SamplingConfig) -> ja
   return jnp.minimum(idx, last).astype(jnp.int32)
 
 
+def _word_step_due(waiting: jax.Array, going: jax.Array, wait_rows) -> jax.Array:
+  """Whether the word-level step (pool or encode, one backbone step) is due for the `waiting` rows [B]:
+  once `wait_rows` rows wait (it costs little more for many rows than for one: its weights are read once
+  either way), or when some wait and no row is `going` [B] (could go on without it)."""
+  n_wait = jnp.sum(waiting)
+  return (n_wait >= wait_rows) | ((n_wait > 0) & ~jnp.any(going))
+
+
+def _word_step_loops(st, *, byte_body, go_on, due, word_step, split, join):
+  """Bytes until a word step is due (`due(st)`), the step, bytes again, until `go_on(st)` is false and no
+  step is due. `split(st)` -> (what the byte loop carries, the word level's caches), `join` the inverse.
+
+  Two nested `lax.while_loop`s, not one with a conditional word step: the byte loop does not carry the
+  word level's caches, which a conditional would copy on every byte (XLA:CPU copies a conditional's
+  pass-through operands), and the word step runs unconditionally in the outer loop's body."""
+  def bytes_until_due(st):
+    inner, held = split(st)
+    return join(jax.lax.while_loop(lambda s: go_on(s) & ~due(s), byte_body, inner), held)
+
+  return jax.lax.while_loop(due, lambda s: bytes_until_due(word_step(s)), bytes_until_due(st))
+
+
 @dataclasses.dataclass
 class EngineStats:
   """Counts of the last `generate` call (for benchmarks)."""
@@ -335,13 +357,6 @@ class HATEngine:
     # to decode it; so waiting costs a row its decoder steps only.
     return self._encode_new(params, st, x, act)
 
-  @staticmethod
-  def _fire_due(st, wait_rows):
-    """Whether the backbone step is due: `wait_rows` rows wait for one (it costs little more for many rows
-    than for one: its weights are read once either way), or some wait and no row can go on without it."""
-    n_wait = jnp.sum(st["status"] == WAIT)
-    return (n_wait >= wait_rows) | ((n_wait > 0) & ~jnp.any(st["status"] == RUN))
-
   def _fire(self, params, st, pool_bytes):
     """The backbone step for the waiting rows; their words are [cur_start, lens - 1) (the waiting byte, at
     lens - 1, starts the next word), and their outputs are the guides of their waiting bytes."""
@@ -353,25 +368,20 @@ class HATEngine:
 
   def _loop(self, params, st, uniforms, tables, *, wait_rows, threshold, max_new, sampling, pool_bytes,
             stop_at_eod):
-    """Bytes until a backbone step is due, the step, bytes again, until the rows are done or `threshold`
-    rows wait for the host.
+    """Bytes and backbone steps (`_word_step_loops`) until the rows are done or `threshold` rows wait for
+    the host."""
+    def go_on(s):
+      live = (s["status"] == RUN) | (s["status"] == WAIT)
+      return jnp.any(live) & (jnp.sum(s["status"] == BLOCKED) < threshold)
 
-    Two nested loops, not one with a conditional backbone step: the byte loop does not carry the
-    backbone caches, which a conditional would copy on every byte (XLA:CPU copies a conditional's
-    pass-through operands), and the backbone step runs unconditionally in the outer loop's body."""
-    def bytes_until_fire(st):
-      def go_on(s):
-        live = (s["status"] == RUN) | (s["status"] == WAIT)
-        return jnp.any(live) & (jnp.sum(s["status"] == BLOCKED) < threshold) & ~self._fire_due(s, wait_rows)
+    def split(s):
+      return dict(s, caches={k: v for k, v in s["caches"].items() if k != "backbone"}), s["caches"]["backbone"]
 
-      backbone = st["caches"]["backbone"]
-      inner = dict(st, caches={k: v for k, v in st["caches"].items() if k != "backbone"})
-      inner = jax.lax.while_loop(
-          go_on, lambda s: self._byte_body(params, s, uniforms, tables, max_new, sampling, stop_at_eod), inner)
-      return dict(inner, caches=dict(inner["caches"], backbone=backbone))
-
-    return jax.lax.while_loop(lambda s: self._fire_due(s, wait_rows),
-                              lambda s: bytes_until_fire(self._fire(params, s, pool_bytes)), bytes_until_fire(st))
+    return _word_step_loops(
+        st, byte_body=lambda s: self._byte_body(params, s, uniforms, tables, max_new, sampling, stop_at_eod),
+        go_on=go_on, due=lambda s: _word_step_due(s["status"] == WAIT, s["status"] == RUN, wait_rows),
+        word_step=lambda s: self._fire(params, s, pool_bytes), split=split,
+        join=lambda inner, backbone: dict(inner, caches=dict(inner["caches"], backbone=backbone)))
 
   def _first_fn(self, params, rng, host, tables, *, size, record, **loop):
     """A call's first program: the prefill, then the loop. Returns (state, uniforms)."""
@@ -555,12 +565,6 @@ class PaperHATEngine:
                   done=st["done"] | (append & stop_at_eod & (new == EOD)), wait=st["wait"] | finished,
                   ready=append, last=jnp.where(append, new, st["last"]), n=st["n"] + active, i=st["i"] + 1)
 
-    def fire_due(st):
-      """The word step runs for the waiting rows once `wait_rows` wait (its weights are read once for any
-      number of rows), or when no row can go on without it."""
-      n_wait = jnp.sum(st["wait"])
-      return (n_wait >= wait_rows) | ((n_wait > 0) & ~jnp.any(can_go(st)))
-
     def fire(st):
       """The waiting rows' words through the encoder and one backbone step (the others masked)."""
       wait = st["wait"]
@@ -572,14 +576,10 @@ class PaperHATEngine:
                   words=st["words"] + jnp.sum(wait), calls=st["calls"] + 1, wait=jnp.zeros_like(wait),
                   ready=st["ready"] | wait, first=wait)
 
-    def bytes_until_fire(st):
-      """The byte loop, nested in the word steps' (it does not carry the backbone caches)."""
-      backbone = st["caches"]
-      inner = jax.lax.while_loop(lambda s: jnp.any(can_go(s)) & ~fire_due(s), byte_body,
-                                 {k: v for k, v in st.items() if k != "caches"})
-      return dict(inner, caches=backbone)
-
-    st = jax.lax.while_loop(fire_due, lambda s: bytes_until_fire(fire(s)), bytes_until_fire(st))
+    st = _word_step_loops(st, byte_body=byte_body, go_on=lambda s: jnp.any(can_go(s)),
+                          due=lambda s: _word_step_due(s["wait"], can_go(s), wait_rows), word_step=fire,
+                          split=lambda s: ({k: v for k, v in s.items() if k != "caches"}, s["caches"]),
+                          join=lambda inner, backbone: dict(inner, caches=backbone))
     return {k: st[k] for k in ("gen", "gen_len", "ends", "i", "words", "calls")}
 
   def generate(self, prompts: Sequence[bytes], max_new_bytes: int, rng: jax.Array,

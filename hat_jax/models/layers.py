@@ -462,9 +462,7 @@ def caches_length(caches) -> jax.Array:
 def reset_caches(caches, rows: jax.Array):
   """Empty the caches of the rows where `rows` [batch] is True (a new sequence starts there); either cache
   layout. Their old entries stay in place, never attended again (`KVCache`), and are written over."""
-  def reset(c):
-    return c._replace(length=jnp.where(rows, 0, c.length))
-  return reset(caches) if isinstance(caches, KVCache) else tuple(reset(c) for c in caches)
+  return crop_caches(caches, jnp.where(rows, caches_length(caches), 0))
 
 
 def crop_caches(caches, amount: jax.Array):
